@@ -1,1 +1,87 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod compare;
+pub mod properties;
+mod state_machine;
+
+use angzarr_ports::{EventStore, SnapshotStore, async_trait};
+
+/// How the suite gets stores of one adapter.
+///
+/// Each test case asks for a store in a fresh `namespace` (a random name), so that cases and
+/// concurrent runs never see each other's data.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// The store under test.
+    type Store: EventStore + SnapshotStore;
+
+    /// Opens the store of `namespace`: empty the first time, and after a reopen, holding
+    /// everything written before (if [`persistent`](Self::persistent)). `namespace` is 32
+    /// lowercase hexadecimal characters; map it to a file, a database, a table prefix...
+    async fn open(&self, namespace: &str) -> Self::Store;
+
+    /// Whether the data outlives the store value: the suite then drops stores mid-case and
+    /// reopens them, and checks that nothing changed.
+    fn persistent(&self) -> bool;
+
+    /// Removes what `namespace` left behind, after the case that used it.
+    async fn cleanup(&self, namespace: &str) {
+        let _ = namespace;
+    }
+
+    /// How many random cases the state machine runs. Lower it for slow remote stores;
+    /// `PROPTEST_CASES` overrides it.
+    fn cases(&self) -> u32 {
+        64
+    }
+}
+
+/// Runs `property` against `harness` on a fresh multi-threaded runtime: what each test of
+/// [`store_suite!`] does.
+pub fn run<H: Harness, F: AsyncFnOnce(&H)>(harness: H, property: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    runtime.block_on(property(&harness));
+}
+
+/// A fresh namespace name.
+pub fn namespace() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Expands to one `#[test]` per property of the suite, each run against the harness that
+/// `$harness` evaluates to (evaluated once per test).
+///
+/// ```ignore
+/// angzarr_conformance::store_suite!(MyHarness::new());
+/// ```
+#[macro_export]
+macro_rules! store_suite {
+    ($harness:expr) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::store_suite!(@tests $harness;
+                state_machine,
+                concurrent_writers_one_winner,
+                concurrent_aggregates_all_succeed,
+                large_batch,
+                declared_limits,
+                domain_names,
+                reopen_keeps_everything,
+            );
+        }
+    };
+    (@tests $harness:expr; $($property:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $property() {
+                $crate::run($harness, async |harness| $crate::properties::$property(harness).await);
+            }
+        )*
+    };
+}

@@ -1,1 +1,9 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod gateway;
+pub mod native;
+
+pub use error::CommandError;
+pub use gateway::{Gateway, GatewayBuilder, GatewayConfig, LoadedAggregate};
+pub use native::{Aggregate, NativeLogic, reject};

@@ -1,0 +1,167 @@
+//! Client logic written in Rust, in-process: an [`Aggregate`] and the [`NativeLogic`] adapter
+//! that gives it the [`ClientLogic`] interface.
+
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use angzarr_ports::{ClientLogic, ClientLogicError, async_trait};
+use angzarr_proto::v1::{
+    BusinessReply, ContextualCommand, EventPage, EventsEmitted, Rejection, business_reply::Outcome,
+};
+use prost::{Message, Name};
+use prost_types::Any;
+
+/// An aggregate's state and its decisions, in plain Rust.
+///
+/// The state, commands and events are protobuf messages (prost), so that they travel as
+/// `google.protobuf.Any` and the state can be snapshotted. The framework folds the history
+/// with [`apply`](Self::apply), then calls [`handle`](Self::handle) for each command page.
+pub trait Aggregate: Message + Name + Default + 'static {
+    /// The commands the aggregate accepts.
+    type Command: Message + Name + Default;
+    /// The events the aggregate emits.
+    type Event: Message + Name + Default;
+
+    /// Folds one event into the state. Must not fail: events are facts.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// Decides which events `command` causes, or refuses it with [`reject`].
+    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Rejection>;
+}
+
+/// Refuses a command: `return reject("insufficient funds")`.
+pub fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection {
+        reason: reason.into(),
+    })
+}
+
+/// Runs an [`Aggregate`] as [`ClientLogic`], in-process.
+///
+/// A panic in the aggregate becomes [`ClientLogicError::Failed`]: it never unwinds into the
+/// framework.
+pub struct NativeLogic<A> {
+    snapshot_every: Option<u64>,
+    aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> NativeLogic<A> {
+    /// The aggregate's logic, without snapshots.
+    pub fn new() -> Self {
+        Self {
+            snapshot_every: None,
+            aggregate: PhantomData,
+        }
+    }
+
+    /// Returns the state as a snapshot whenever the aggregate's event count crosses a multiple
+    /// of `events` (0 disables snapshots).
+    pub fn snapshot_every(mut self, events: u64) -> Self {
+        self.snapshot_every = (events > 0).then_some(events);
+        self
+    }
+
+    /// Folds the history and decides; the part that runs user code.
+    fn decide(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        let book = command.events.unwrap_or_default();
+        let mut next_sequence = book
+            .snapshot
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.sequence + 1);
+        let mut state = match book.snapshot.and_then(|snapshot| snapshot.state) {
+            Some(state) => state
+                .to_msg::<A>()
+                .map_err(|e| invalid_history::<A>("the snapshot", &state, e))?,
+            None => A::default(),
+        };
+        for page in &book.pages {
+            let payload = page.payload.as_ref().ok_or_else(|| {
+                ClientLogicError::InvalidHistory(format!("event {} has no payload", page.sequence))
+            })?;
+            let event = payload
+                .to_msg::<A::Event>()
+                .map_err(|e| invalid_history::<A::Event>("an event", payload, e))?;
+            state.apply(&event);
+            next_sequence = page.sequence + 1;
+        }
+        let first_sequence = next_sequence;
+        let mut pages = Vec::new();
+        for page in command.command.map(|book| book.pages).unwrap_or_default() {
+            let payload = page.payload.unwrap_or_default();
+            let command = payload.to_msg::<A::Command>().map_err(|error| {
+                ClientLogicError::InvalidCommand(format!(
+                    "expected a {}, got {:?}: {error}",
+                    A::Command::type_url(),
+                    payload.type_url
+                ))
+            })?;
+            let events = match state.handle(command) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    return Ok(BusinessReply {
+                        outcome: Some(Outcome::Rejection(rejection)),
+                    });
+                }
+            };
+            for event in events {
+                state.apply(&event);
+                let payload =
+                    Any::from_msg(&event).map_err(|e| ClientLogicError::Failed(e.to_string()))?;
+                pages.push(EventPage {
+                    sequence: next_sequence,
+                    payload: Some(payload),
+                    ..EventPage::default()
+                });
+                next_sequence += 1;
+            }
+        }
+        let crossed = |every: u64| next_sequence / every > first_sequence / every;
+        let snapshot_state = match self.snapshot_every {
+            Some(every) if crossed(every) => {
+                Some(Any::from_msg(&state).map_err(|e| ClientLogicError::Failed(e.to_string()))?)
+            }
+            _ => None,
+        };
+        Ok(BusinessReply {
+            outcome: Some(Outcome::Events(EventsEmitted {
+                pages,
+                snapshot_state,
+            })),
+        })
+    }
+}
+
+impl<A: Aggregate> Default for NativeLogic<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl<A: Aggregate> ClientLogic for NativeLogic<A> {
+    async fn handle(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        catch_unwind(AssertUnwindSafe(|| self.decide(command))).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            Err(ClientLogicError::Failed(format!(
+                "{} panicked: {message}",
+                A::full_name()
+            )))
+        })
+    }
+}
+
+fn invalid_history<M: Name>(
+    what: &str,
+    payload: &Any,
+    error: prost::DecodeError,
+) -> ClientLogicError {
+    ClientLogicError::InvalidHistory(format!(
+        "{what} of type {:?} is not a {}: {error}",
+        payload.type_url,
+        M::full_name()
+    ))
+}

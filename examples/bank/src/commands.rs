@@ -1,0 +1,47 @@
+//! Builders for the bank's commands, for tests, benchmarks and demos.
+
+use angzarr_proto::v1::{CommandBook, CommandPage, Cover};
+use prost_types::Any;
+use uuid::Uuid;
+
+use crate::proto::{BankCommand, Deposit, OpenAccount, Withdraw, bank_command::Kind};
+
+/// Opens an account for `owner`.
+pub fn open(owner: &str) -> BankCommand {
+    BankCommand {
+        kind: Some(Kind::Open(OpenAccount {
+            owner: owner.to_owned(),
+        })),
+    }
+}
+
+/// Deposits `amount` cents.
+pub fn deposit(amount: u64) -> BankCommand {
+    BankCommand {
+        kind: Some(Kind::Deposit(Deposit { amount })),
+    }
+}
+
+/// Withdraws `amount` cents.
+pub fn withdraw(amount: u64) -> BankCommand {
+    BankCommand {
+        kind: Some(Kind::Withdraw(Withdraw { amount })),
+    }
+}
+
+/// A `CommandBook` carrying `command` for the account `root`.
+pub fn command(root: Uuid, command: &BankCommand) -> CommandBook {
+    // Encoding a generated message into a Vec cannot fail.
+    let payload = Any::from_msg(command).unwrap_or_default();
+    CommandBook {
+        cover: Some(Cover {
+            domain: crate::DOMAIN.to_owned(),
+            root: root.to_string(),
+            ..Cover::default()
+        }),
+        pages: vec![CommandPage {
+            payload: Some(payload),
+        }],
+        ..CommandBook::default()
+    }
+}
