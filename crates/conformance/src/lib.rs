@@ -53,11 +53,7 @@ pub fn namespace() -> String {
 }
 
 /// Expands to one `#[test]` per property of the suite, each run against the harness that
-/// `$harness` evaluates to (evaluated once per test).
-///
-/// ```ignore
-/// angzarr_conformance::store_suite!(MyHarness::new());
-/// ```
+/// `$harness` evaluates to (evaluated once per test). See the crate documentation.
 #[macro_export]
 macro_rules! store_suite {
     ($harness:expr) => {

@@ -1,0 +1,461 @@
+//! The command pipeline end to end, in-process: the bank's logic over the in-memory store.
+
+use std::sync::Arc;
+
+use angzarr_core::{CommandError, Gateway, GatewayConfig, NativeLogic};
+use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, withdraw};
+use angzarr_ports::{
+    AggregateId, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreExt, SnapshotStore,
+    SnapshotStoreError, async_trait,
+};
+use angzarr_proto::v1::{
+    BusinessReply, CommandBook, CommandPage, ContextualCommand, EventPage, EventsEmitted, Snapshot,
+    business_reply::Outcome,
+};
+use angzarr_store_memory::MemoryStore;
+use prost_types::Any;
+use uuid::Uuid;
+
+fn gateway_with(
+    store: Arc<MemoryStore>,
+    logic: Arc<dyn ClientLogic>,
+    config: GatewayConfig,
+) -> Gateway {
+    Gateway::builder(store.clone(), store)
+        .register(Domain::new(DOMAIN).unwrap(), logic)
+        .config(config)
+        .build()
+}
+
+fn bank(snapshot_every: u64) -> (Gateway, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    (
+        gateway_with(
+            store.clone(),
+            Arc::new(logic(snapshot_every)),
+            GatewayConfig::default(),
+        ),
+        store,
+    )
+}
+
+fn account(root: Uuid) -> AggregateId {
+    AggregateId::new(Domain::new(DOMAIN).unwrap(), root).unwrap()
+}
+
+async fn fold(gateway: &Gateway, root: Uuid) -> Account {
+    use angzarr_core::Aggregate;
+    let loaded = gateway.load(&account(root)).await.unwrap();
+    let snapshot = loaded.snapshot.and_then(|snapshot| snapshot.state);
+    let mut state = snapshot
+        .map(|state| state.to_msg::<Account>().unwrap())
+        .unwrap_or_default();
+    for page in loaded.pages {
+        state.apply(&page.payload.unwrap().to_msg().unwrap());
+    }
+    state
+}
+
+#[tokio::test]
+async fn commands_append_events_with_sequences_correlation_and_time() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    let opened = gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let deposited = gateway.execute(command(root, &deposit(500))).await.unwrap();
+    let withdrawn = gateway
+        .execute(command(root, &withdraw(200)))
+        .await
+        .unwrap();
+    let sequences = |response: &angzarr_proto::v1::CommandResponse| {
+        response
+            .events
+            .as_ref()
+            .unwrap()
+            .pages
+            .iter()
+            .map(|page| page.sequence)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (
+            sequences(&opened),
+            sequences(&deposited),
+            sequences(&withdrawn)
+        ),
+        (vec![0], vec![1], vec![2])
+    );
+    let stored = store.read_all(&account(root)).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    for page in &stored {
+        assert!(page.created_at.is_some(), "created_at is stamped");
+        assert!(
+            Uuid::try_parse(&page.correlation_id).is_ok(),
+            "a correlation id is assigned: {page:?}"
+        );
+    }
+    assert_eq!(
+        opened.events.unwrap().pages[0],
+        stored[0],
+        "the answer holds exactly what was stored"
+    );
+    assert_eq!(fold(&gateway, root).await.balance, 300);
+}
+
+#[tokio::test]
+async fn a_given_correlation_id_is_kept_and_findable() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    let mut book = command(root, &open("ada"));
+    book.cover.as_mut().unwrap().correlation_id = "order-17".into();
+    gateway.execute(book).await.unwrap();
+    let found = store.find_by_correlation("order-17").await.unwrap();
+    assert_eq!(
+        (found.len(), found[0].aggregate.root(), found[0].pages.len()),
+        (1, root, 1)
+    );
+}
+
+#[tokio::test]
+async fn an_overdraft_is_rejected_and_writes_nothing() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    gateway.execute(command(root, &deposit(100))).await.unwrap();
+    let error = gateway
+        .execute(command(root, &withdraw(101)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, CommandError::Rejected(reason) if reason == "insufficient funds"),
+        "{error}"
+    );
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn malformed_commands_get_typed_errors_and_write_nothing() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    let with = |edit: fn(&mut CommandBook)| {
+        let mut book = command(root, &open("ada"));
+        edit(&mut book);
+        book
+    };
+    let invalid = [
+        with(|book| book.cover = None),
+        with(|book| book.cover.as_mut().unwrap().domain = "account:x".into()),
+        with(|book| book.cover.as_mut().unwrap().root = Uuid::nil().to_string()),
+        with(|book| book.cover.as_mut().unwrap().root = "not-a-uuid".into()),
+        with(|book| book.pages.clear()),
+        with(|book| book.pages[0].payload = None),
+        with(|book| book.request_id = "r".repeat(1000)),
+    ];
+    for book in invalid {
+        let error = gateway.execute(book.clone()).await.unwrap_err();
+        assert!(
+            matches!(error, CommandError::InvalidCommand(_)),
+            "{book:?} gave {error}"
+        );
+    }
+    let unknown = with(|book| book.cover.as_mut().unwrap().domain = "ledger".into());
+    assert!(
+        matches!(gateway.execute(unknown).await, Err(CommandError::UnknownDomain(domain)) if domain == "ledger")
+    );
+    let wrong_type = with(|book| {
+        book.pages[0].payload = Some(Any {
+            type_url: "x/Nope".into(),
+            value: vec![1],
+        })
+    });
+    assert!(matches!(
+        gateway.execute(wrong_type).await,
+        Err(CommandError::Logic(ClientLogicError::InvalidCommand(_)))
+    ));
+    assert_eq!(
+        store.list_domains().await.unwrap(),
+        Vec::<Domain>::new(),
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_expected_sequence_is_a_conflict() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let mut book = command(root, &deposit(5));
+    book.expected_sequence = Some(0);
+    book.retry_on_conflict = true; // never overrides an explicit expectation
+    let error = gateway.execute(book.clone()).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CommandError::Conflict {
+                expected: 0,
+                actual: 1
+            }
+        ),
+        "{error}"
+    );
+    book.expected_sequence = Some(1);
+    gateway.execute(book).await.unwrap();
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_repeated_request_id_returns_the_first_outcome_and_appends_nothing() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let mut book = command(root, &deposit(40));
+    book.request_id = "deposit-1".into();
+    let first = gateway.execute(book.clone()).await.unwrap();
+    let again = gateway.execute(book.clone()).await.unwrap();
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(first.events.unwrap().pages, again.events.unwrap().pages);
+    // Racing duplicates: still appended once.
+    book.request_id = "deposit-2".into();
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let (gateway, book) = (gateway.clone(), book.clone());
+            tokio::spawn(async move { gateway.execute(book).await })
+        })
+        .collect();
+    let mut replays = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(response) => replays += usize::from(response.replayed),
+            Err(CommandError::Conflict { .. }) => {} // lost the race before the winner was visible
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(replays <= 15);
+    assert_eq!(
+        store.next_sequence(&account(root)).await.unwrap(),
+        3,
+        "each request id appended once"
+    );
+    assert_eq!(fold(&gateway, root).await.balance, 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_retry_on_conflict_when_asked() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let run = |retry: bool| {
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let gateway = gateway.clone();
+                let mut book = command(root, &deposit(1));
+                book.retry_on_conflict = retry;
+                tokio::spawn(async move { gateway.execute(book).await })
+            })
+            .collect();
+        async move {
+            let mut succeeded = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    Ok(_) => succeeded += 1,
+                    Err(CommandError::Conflict { .. }) => assert!(!retry, "a retried command lost"),
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            succeeded
+        }
+    };
+    let with_retry = run(true).await;
+    assert_eq!(with_retry, 16);
+    let without_retry = run(false).await;
+    let next = store.next_sequence(&account(root)).await.unwrap();
+    assert_eq!(next, 1 + 16 + without_retry);
+    assert_eq!(fold(&gateway, root).await.balance, 16 + without_retry);
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
+    let (gateway, store) = bank(4);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    for _ in 0..9 {
+        gateway.execute(command(root, &deposit(10))).await.unwrap();
+    }
+    // Ten events (0..=9): snapshots after the 4th and the 8th, so the latest covers 0..=7.
+    let snapshot = SnapshotStore::get(store.as_ref(), &account(root))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snapshot.sequence, 7);
+    let loaded = gateway.load(&account(root)).await.unwrap();
+    assert_eq!((loaded.pages.len(), loaded.next_sequence), (2, 10));
+    assert_eq!(fold(&gateway, root).await.balance, 90);
+}
+
+/// A snapshot store that is down: commands still work, from the events alone.
+struct DownSnapshots;
+
+#[async_trait]
+impl SnapshotStore for DownSnapshots {
+    async fn get(&self, _: &AggregateId) -> Result<Option<Snapshot>, SnapshotStoreError> {
+        Err(SnapshotStoreError::Unavailable("down".into()))
+    }
+    async fn put(&self, _: &AggregateId, _: Snapshot) -> Result<(), SnapshotStoreError> {
+        Err(SnapshotStoreError::Unavailable("down".into()))
+    }
+    async fn delete(&self, _: &AggregateId) -> Result<(), SnapshotStoreError> {
+        Err(SnapshotStoreError::Unavailable("down".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_snapshot_store_only_costs_a_longer_replay() {
+    let events = Arc::new(MemoryStore::new());
+    let gateway = Gateway::builder(events.clone(), Arc::new(DownSnapshots))
+        .register(Domain::new(DOMAIN).unwrap(), Arc::new(logic(1)))
+        .build();
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    gateway.execute(command(root, &deposit(7))).await.unwrap();
+    assert_eq!(events.next_sequence(&account(root)).await.unwrap(), 2);
+}
+
+/// Client logic that answers whatever it is told to.
+struct Scripted(fn(u64) -> Result<BusinessReply, ClientLogicError>);
+
+#[async_trait]
+impl ClientLogic for Scripted {
+    async fn handle(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        let next = command.events.unwrap().pages.len() as u64;
+        (self.0)(next)
+    }
+}
+
+fn emitted(pages: Vec<EventPage>) -> Result<BusinessReply, ClientLogicError> {
+    Ok(BusinessReply {
+        outcome: Some(Outcome::Events(EventsEmitted {
+            pages,
+            snapshot_state: None,
+        })),
+    })
+}
+
+fn event(sequence: u64, bytes: usize) -> EventPage {
+    let payload = Any {
+        type_url: "test/Event".into(),
+        value: vec![1; bytes],
+    };
+    EventPage {
+        sequence,
+        payload: Some(payload),
+        ..EventPage::default()
+    }
+}
+
+#[tokio::test]
+async fn bad_replies_from_client_logic_write_nothing() {
+    let cases: [(
+        fn(u64) -> Result<BusinessReply, ClientLogicError>,
+        fn(&CommandError) -> bool,
+    ); 6] = [
+        (
+            |next| emitted(vec![event(next + 1, 1)]),
+            |e| matches!(e, CommandError::InvalidEvents(_)),
+        ),
+        (
+            |next| emitted(vec![event(next, 1), event(next, 1)]),
+            |e| matches!(e, CommandError::InvalidEvents(_)),
+        ),
+        (
+            |next| {
+                emitted(vec![EventPage {
+                    payload: None,
+                    ..event(next, 1)
+                }])
+            },
+            |e| matches!(e, CommandError::InvalidEvents(_)),
+        ),
+        (
+            |next| emitted(vec![event(next, 2000)]),
+            |e| matches!(e, CommandError::LimitExceeded { .. }),
+        ),
+        (
+            |next| emitted((next..next + 11).map(|s| event(s, 1)).collect()),
+            |e| matches!(e, CommandError::LimitExceeded { .. }),
+        ),
+        (
+            |_| Ok(BusinessReply { outcome: None }),
+            |e| matches!(e, CommandError::Logic(ClientLogicError::InvalidReply(_))),
+        ),
+    ];
+    let mut config = GatewayConfig::default();
+    config.max_event_bytes = 1000;
+    config.max_events_per_command = 10;
+    for (index, (reply, expected)) in cases.into_iter().enumerate() {
+        let store = Arc::new(MemoryStore::new());
+        let gateway = gateway_with(store.clone(), Arc::new(Scripted(reply)), config.clone());
+        let error = gateway
+            .execute(command(Uuid::new_v4(), &open("ada")))
+            .await
+            .unwrap_err();
+        assert!(expected(&error), "case {index}: {error}");
+        assert!(
+            store.list_domains().await.unwrap().is_empty(),
+            "case {index} wrote something"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_native_logic_is_a_typed_error() {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Boom {}
+    impl prost::Name for Boom {
+        const NAME: &'static str = "Boom";
+        const PACKAGE: &'static str = "test";
+    }
+    impl angzarr_core::Aggregate for Boom {
+        type Command = Boom;
+        type Event = Boom;
+        fn apply(&mut self, _: &Boom) {}
+        fn handle(&self, _: Boom) -> Result<Vec<Boom>, angzarr_proto::v1::Rejection> {
+            panic!("kaboom")
+        }
+    }
+    let store = Arc::new(MemoryStore::new());
+    let gateway = gateway_with(
+        store.clone(),
+        Arc::new(NativeLogic::<Boom>::new()),
+        GatewayConfig::default(),
+    );
+    let mut book = command(Uuid::new_v4(), &open("ada"));
+    book.pages = vec![CommandPage {
+        payload: Some(Any::from_msg(&Boom {}).unwrap()),
+    }];
+    let error = gateway.execute(book).await.unwrap_err();
+    assert!(
+        matches!(&error, CommandError::Logic(ClientLogicError::Failed(m)) if m.contains("kaboom")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn several_command_pages_are_decided_in_order() {
+    let (gateway, _) = bank(0);
+    let root = Uuid::new_v4();
+    let mut book = command(root, &open("ada"));
+    for next in [deposit(50), withdraw(20)] {
+        book.pages.push(command(root, &next).pages.remove(0));
+    }
+    let response = gateway.execute(book).await.unwrap();
+    assert_eq!(response.events.unwrap().pages.len(), 3);
+    assert_eq!(fold(&gateway, root).await.balance, 30);
+    // A rejection of any page rejects the whole command.
+    let mut book = command(root, &deposit(5));
+    book.pages
+        .push(command(root, &withdraw(1000)).pages.remove(0));
+    assert!(matches!(
+        gateway.execute(book).await,
+        Err(CommandError::Rejected(_))
+    ));
+    assert_eq!(fold(&gateway, root).await.balance, 30);
+}
