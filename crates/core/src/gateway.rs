@@ -15,6 +15,7 @@ use angzarr_proto::v1::{
 use tracing::Instrument;
 
 use crate::CommandError;
+use crate::locks::AggregateLocks;
 
 /// Limits and policies of a [`Gateway`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,7 @@ struct Inner {
     snapshots: Arc<dyn SnapshotStore>,
     logic: HashMap<Domain, Arc<dyn ClientLogic>>,
     config: GatewayConfig,
+    locks: AggregateLocks,
     /// The tighter of the gateway's and the store's limits.
     max_events_per_command: usize,
     max_event_bytes: usize,
@@ -101,6 +103,7 @@ impl GatewayBuilder {
             snapshots: self.snapshots,
             logic: self.logic,
             config: self.config,
+            locks: AggregateLocks::default(),
         };
         Gateway {
             inner: Arc::new(inner),
@@ -206,6 +209,7 @@ impl Gateway {
             .logic
             .get(aggregate.domain())
             .ok_or_else(|| CommandError::UnknownDomain(aggregate.domain().to_string()))?;
+        let _one_at_a_time = self.inner.locks.lock(&aggregate).await;
         let attempts = if command.retry_on_conflict {
             self.inner.config.max_conflict_retries + 1
         } else {

@@ -2,6 +2,7 @@
 
 mod error;
 mod gateway;
+mod locks;
 pub mod native;
 
 pub use error::CommandError;

@@ -1,0 +1,362 @@
+//! Configuration: defaults, then a TOML file, then `ANGZARR_<SECTION>_<KEY>` environment
+//! variables, then command-line flags; later sources win.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The effective configuration of the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    pub(crate) server: Server,
+    pub(crate) store: Store,
+    pub(crate) limits: Limits,
+    pub(crate) log: Log,
+    pub(crate) domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Server {
+    /// Where to listen. Loopback unless deliberately configured otherwise.
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) request_timeout_ms: u64,
+    /// After SIGINT/SIGTERM, how long in-flight requests may take to finish.
+    pub(crate) shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StoreKind {
+    Sqlite,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Synchronous {
+    /// Every acknowledged command is on disk (fsync per group commit).
+    Full,
+    /// Survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Store {
+    pub(crate) kind: StoreKind,
+    /// Where the SQLite file lives.
+    pub(crate) data_dir: PathBuf,
+    pub(crate) synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Limits {
+    pub(crate) max_events_per_command: usize,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_command_pages: usize,
+    pub(crate) max_conflict_retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Log {
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins over it.
+    pub(crate) filter: String,
+    pub(crate) format: LogFormat,
+}
+
+/// Which client logic serves a domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DomainConfig {
+    pub(crate) name: String,
+    /// `"bank"`: the built-in example, in-process.
+    pub(crate) logic: String,
+    /// Snapshot every this many events (0: never).
+    #[serde(default)]
+    pub(crate) snapshot_every: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 4 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            data_dir: PathBuf::from("./angzarr-data"),
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let core = angzarr_core::GatewayConfig::default();
+        Self {
+            max_events_per_command: core.max_events_per_command,
+            max_event_bytes: core.max_event_bytes,
+            max_command_pages: core.max_command_pages,
+            max_conflict_retries: core.max_conflict_retries,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: Server::default(),
+            store: Store::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+            domains: vec![DomainConfig {
+                name: "account".into(),
+                logic: "bank".into(),
+                snapshot_every: 100,
+            }],
+        }
+    }
+}
+
+impl Server {
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+const ENV_PREFIX: &str = "ANGZARR_";
+/// The sections environment variables may set (`[[domains]]` is a list: file only).
+const SECTIONS: [&str; 4] = ["server", "store", "limits", "log"];
+
+impl Config {
+    /// Defaults, overlaid with `file` (if any) and then with the `ANGZARR_*` variables of `env`.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the configuration file {}", path.display())
+                })?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("invalid configuration file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if key == "CONFIG" {
+                continue; // the path of the file itself, read by the command line
+            }
+            let (section, field) = match key.split_once('_') {
+                Some((section, field)) if SECTIONS.contains(&section.to_lowercase().as_str()) => {
+                    (section.to_lowercase(), field.to_lowercase())
+                }
+                _ => bail!(
+                    "{name}: expected ANGZARR_<SECTION>_<KEY> with a section among {SECTIONS:?}, \
+                     such as ANGZARR_SERVER_LISTEN"
+                ),
+            };
+            let section = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .with_context(|| format!("{name}: [{section}] is not a section"))?;
+            section.insert(field, env_value(&value));
+        }
+        let origin = file.map_or_else(
+            || "the environment".to_owned(),
+            |path| path.display().to_string(),
+        );
+        let config: Config = toml::Value::Table(table).try_into().with_context(|| {
+            format!("invalid configuration (from {origin} and ANGZARR_* variables)")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.domains.is_empty() {
+            bail!("no [[domains]] are configured: the server would have nothing to do");
+        }
+        for domain in &self.domains {
+            angzarr_ports::Domain::new(domain.name.as_str())
+                .with_context(|| format!("invalid [[domains]] name {:?}", domain.name))?;
+        }
+        if self.server.request_timeout_ms == 0 {
+            bail!("server.request_timeout_ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with secrets masked.
+    pub(crate) fn to_masked_toml(&self) -> anyhow::Result<String> {
+        let mut value = toml::Value::try_from(self).context("cannot render the configuration")?;
+        mask_secrets(&mut value);
+        Ok(toml::to_string_pretty(&value)?)
+    }
+
+    pub(crate) fn gateway_config(&self) -> angzarr_core::GatewayConfig {
+        let mut config = angzarr_core::GatewayConfig::default();
+        config.max_events_per_command = self.limits.max_events_per_command;
+        config.max_event_bytes = self.limits.max_event_bytes;
+        config.max_command_pages = self.limits.max_command_pages;
+        config.max_conflict_retries = self.limits.max_conflict_retries;
+        config
+    }
+}
+
+/// Environment values are text; numbers and booleans are recognised so that
+/// `ANGZARR_SERVER_REQUEST_TIMEOUT_MS=500` works.
+fn env_value(value: &str) -> toml::Value {
+    if let Ok(integer) = value.parse::<i64>() {
+        toml::Value::Integer(integer)
+    } else if let Ok(boolean) = value.parse::<bool>() {
+        toml::Value::Boolean(boolean)
+    } else {
+        toml::Value::String(value.to_owned())
+    }
+}
+
+/// Masks values of keys that name secrets, and passwords inside URLs, wherever they are.
+fn mask_secrets(value: &mut toml::Value) {
+    const SECRET_WORDS: [&str; 5] = ["password", "secret", "token", "credential", "key"];
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                let key = key.to_lowercase();
+                if SECRET_WORDS.iter().any(|word| key.contains(word)) && value.is_str() {
+                    *value = toml::Value::String("********".into());
+                } else {
+                    mask_secrets(value);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        toml::Value::String(text) => {
+            // scheme://user:password@host → scheme://user:********@host
+            if let Some((scheme, rest)) = text.split_once("://") {
+                if let Some((userinfo, host)) = rest.split_once('@') {
+                    if let Some((user, _)) = userinfo.split_once(':') {
+                        *text = format!("{scheme}://{user}:********@{host}");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("angzarr.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:1\"\nrequest_timeout_ms = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("ANGZARR_SERVER_REQUEST_TIMEOUT_MS", "750"),
+                ("ANGZARR_STORE_KIND", "memory"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(config.server.request_timeout_ms, 750);
+        assert_eq!(config.store.kind, StoreKind::Memory);
+    }
+
+    #[test]
+    fn a_malformed_file_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[server]\nlisten = \n").unwrap();
+        let error = format!("{:#}", Config::load(Some(&path), []).unwrap_err());
+        assert!(
+            error.contains("bad.toml") && error.contains("line 2"),
+            "{error}"
+        );
+        std::fs::write(&path, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        let error = format!("{:#}", Config::load(Some(&path), []).unwrap_err());
+        assert!(error.contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let mut value: toml::Value = toml::from_str(
+            "[a]\nurl = \"postgres://app:hunter2@db:5432/x\"\napi_token = \"abc\"\nplain = \"visible\"\n",
+        )
+        .unwrap();
+        mask_secrets(&mut value);
+        let printed = toml::to_string(&value).unwrap();
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("abc"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("visible") && printed.contains("postgres://app:********@db:5432/x")
+        );
+    }
+
+    #[test]
+    fn the_defaults_are_the_embedded_setup_on_loopback() {
+        let config = Config::load(None, []).unwrap();
+        assert!(config.server.listen.ip().is_loopback());
+        assert_eq!(config.store.kind, StoreKind::Sqlite);
+        assert_eq!(config.domains[0].name, "account");
+        assert!(Config::load(None, env(&[("ANGZARR_NOPE", "1")])).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! Builds the configured store and client logic and wires them into the core.
+
+use std::sync::Arc;
+
+use angzarr_core::Gateway;
+use angzarr_ports::{ClientLogic, Domain, EventStore, SnapshotStore};
+use angzarr_store_memory::MemoryStore;
+use angzarr_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use anyhow::{Context, bail};
+
+use crate::config::{self, Config, StoreKind};
+
+/// The store the server runs on, kept so that it can be closed cleanly.
+pub(crate) enum OpenedStore {
+    Sqlite(Arc<SqliteStore>),
+    Memory(Arc<MemoryStore>),
+}
+
+impl OpenedStore {
+    pub(crate) async fn open(config: &config::Store) -> anyhow::Result<Self> {
+        match config.kind {
+            StoreKind::Memory => Ok(Self::Memory(Arc::new(MemoryStore::new()))),
+            StoreKind::Sqlite => {
+                let dir = &config.data_dir;
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the data directory {}", dir.display())
+                })?;
+                let synchronous = match config.synchronous {
+                    config::Synchronous::Full => Synchronous::Full,
+                    config::Synchronous::Normal => Synchronous::Normal,
+                };
+                let sqlite = SqliteConfig::in_dir(dir).with_synchronous(synchronous);
+                let path = sqlite.path.clone();
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(sqlite))
+                    .await
+                    .context("opening the SQLite store panicked")?
+                    .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
+                Ok(Self::Sqlite(Arc::new(store)))
+            }
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(store) => format!("SQLite at {}", store.path().display()),
+            Self::Memory(_) => "memory (nothing survives a restart)".to_owned(),
+        }
+    }
+
+    pub(crate) fn event_store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Memory(store) => store.clone(),
+        }
+    }
+
+    pub(crate) fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        match self {
+            Self::Sqlite(store) => store.clone(),
+            Self::Memory(store) => store.clone(),
+        }
+    }
+
+    /// Waits for queued writes and closes the store, once nothing else holds it.
+    pub(crate) async fn close(self) {
+        if let Self::Sqlite(store) = self {
+            match Arc::try_unwrap(store) {
+                Ok(store) => store.close().await,
+                // Something still holds the store: dropping the last handle closes it.
+                Err(store) => drop(store),
+            }
+        }
+    }
+}
+
+/// The client logic a `[[domains]]` entry names.
+fn logic(domain: &config::DomainConfig) -> anyhow::Result<Arc<dyn ClientLogic>> {
+    match domain.logic.as_str() {
+        "bank" => Ok(Arc::new(angzarr_example_bank::logic(domain.snapshot_every))),
+        other => bail!(
+            "domain {:?}: unknown logic {other:?}; this build offers: \"bank\"",
+            domain.name
+        ),
+    }
+}
+
+pub(crate) fn gateway(config: &Config, store: &OpenedStore) -> anyhow::Result<Gateway> {
+    let mut builder = Gateway::builder(store.event_store(), store.snapshot_store())
+        .config(config.gateway_config());
+    for domain in &config.domains {
+        let name = Domain::new(domain.name.as_str())?;
+        builder = builder.register(name, logic(domain)?);
+    }
+    Ok(builder.build())
+}

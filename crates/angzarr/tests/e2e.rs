@@ -1,0 +1,585 @@
+//! End to end: the real `angzarr` binary as a separate process on a free port, driven only
+//! through gRPC.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use angzarr_example_bank::proto::{BankEvent, bank_event::Kind};
+use angzarr_example_bank::{command, deposit, open, withdraw};
+use angzarr_proto::v1::command_gateway_client::CommandGatewayClient;
+use angzarr_proto::v1::event_query_client::EventQueryClient;
+use angzarr_proto::v1::{
+    AggregateQuery, CommandBook, CommandResponse, CorrelationQuery, EventPage, ListDomainsRequest,
+    ListRootsRequest,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_angzarr");
+
+/// A server process; killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the angzarr binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the first line");
+        let address = line
+            .trim()
+            .strip_prefix("angzarr listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            address: format!("http://{address}"),
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn gateway(&self) -> CommandGatewayClient<Channel> {
+        CommandGatewayClient::new(self.channel().await)
+    }
+
+    async fn query(&self) -> EventQueryClient<Channel> {
+        EventQueryClient::new(self.channel().await)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself.
+    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn history(server: &Server, root: Uuid) -> Vec<EventPage> {
+    let query = AggregateQuery {
+        domain: "account".into(),
+        root: root.to_string(),
+        ..Default::default()
+    };
+    server
+        .query()
+        .await
+        .get_event_book(query)
+        .await
+        .unwrap()
+        .into_inner()
+        .pages
+}
+
+fn balance(pages: &[EventPage]) -> i64 {
+    let amount = |page: &EventPage| match page
+        .payload
+        .as_ref()
+        .unwrap()
+        .to_msg::<BankEvent>()
+        .unwrap()
+        .kind
+    {
+        Some(Kind::Deposited(deposited)) => deposited.amount as i64,
+        Some(Kind::Withdrawn(withdrawn)) => -(withdrawn.amount as i64),
+        _ => 0,
+    };
+    pages.iter().map(amount).sum()
+}
+
+fn assert_gapless(pages: &[EventPage]) {
+    let sequences: Vec<u64> = pages.iter().map(|page| page.sequence).collect();
+    assert_eq!(
+        sequences,
+        (0..pages.len() as u64).collect::<Vec<_>>(),
+        "the stream has a gap or a duplicate"
+    );
+}
+
+#[tokio::test]
+async fn commands_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut gateway = server.gateway().await;
+    let roots: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for root in &roots {
+        gateway.execute(command(*root, &open("ada"))).await.unwrap();
+    }
+    let mut book = command(roots[0], &deposit(70));
+    book.cover.as_mut().unwrap().correlation_id = "transfer-9".into();
+    let response = gateway.execute(book).await.unwrap().into_inner();
+    let pages = response.events.unwrap().pages;
+    assert_eq!(
+        (
+            pages.len(),
+            pages[0].sequence,
+            pages[0].correlation_id.as_str()
+        ),
+        (1, 1, "transfer-9")
+    );
+
+    let stored = history(&server, roots[0]).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored[1], pages[0],
+        "what the gateway answered is what was stored"
+    );
+    let mut query = server.query().await;
+    let range = AggregateQuery {
+        domain: "account".into(),
+        root: roots[0].to_string(),
+        from_sequence: 1,
+        ..Default::default()
+    };
+    let mut stream = query.stream_events(range).await.unwrap().into_inner();
+    let mut streamed = Vec::new();
+    while let Some(page) = stream.message().await.unwrap() {
+        streamed.push(page);
+    }
+    assert_eq!(streamed, stored[1..]);
+
+    let mut all_roots = Vec::new();
+    let mut after = String::new();
+    loop {
+        let request = ListRootsRequest {
+            domain: "account".into(),
+            after: after.clone(),
+            limit: 2,
+        };
+        let page = query.list_roots(request).await.unwrap().into_inner().roots;
+        let Some(last) = page.last() else { break };
+        after = last.clone();
+        all_roots.extend(page);
+    }
+    let mut expected: Vec<String> = roots.iter().map(Uuid::to_string).collect();
+    expected.sort();
+    assert_eq!(all_roots, expected);
+    let domains = query
+        .list_domains(ListDomainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .domains;
+    assert_eq!(domains, ["account"]);
+    let correlated = query.find_by_correlation(CorrelationQuery {
+        correlation_id: "transfer-9".into(),
+    });
+    let mut correlated = correlated.await.unwrap().into_inner();
+    let found = correlated.message().await.unwrap().unwrap();
+    assert_eq!(
+        (found.cover.unwrap().root, found.pages),
+        (roots[0].to_string(), pages)
+    );
+    assert!(correlated.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ANGZARR_LIMITS_MAX_EVENT_BYTES", "300"),
+        ("ANGZARR_SERVER_MAX_MESSAGE_BYTES", "4096"),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let mut gateway = server.gateway().await;
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let edited = |edit: fn(&mut CommandBook)| {
+        let mut book = command(root, &deposit(5));
+        edit(&mut book);
+        book
+    };
+    let cases: Vec<(&str, CommandBook, Code)> = vec![
+        (
+            "no cover",
+            edited(|book| book.cover = None),
+            Code::InvalidArgument,
+        ),
+        (
+            "a domain with a key separator",
+            edited(|book| book.cover.as_mut().unwrap().domain = "account:1".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "a nil root",
+            edited(|book| book.cover.as_mut().unwrap().root = Uuid::nil().to_string()),
+            Code::InvalidArgument,
+        ),
+        (
+            "no pages",
+            edited(|book| book.pages.clear()),
+            Code::InvalidArgument,
+        ),
+        (
+            "an unknown payload type",
+            edited(|book| book.pages[0].payload.as_mut().unwrap().type_url = "x/Y".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "an unknown domain",
+            edited(|book| book.cover.as_mut().unwrap().domain = "ledger".into()),
+            Code::NotFound,
+        ),
+        (
+            "an overdraft",
+            command(root, &withdraw(1)),
+            Code::FailedPrecondition,
+        ),
+        (
+            "a stale expected sequence",
+            edited(|book| book.expected_sequence = Some(0)),
+            Code::Aborted,
+        ),
+        (
+            "an event over the size limit",
+            command(Uuid::new_v4(), &open(&"x".repeat(400))),
+            Code::ResourceExhausted,
+        ),
+        (
+            "a message over the size limit",
+            command(Uuid::new_v4(), &open(&"x".repeat(5000))),
+            Code::ResourceExhausted,
+        ),
+    ];
+    for (what, book, code) in cases {
+        let status = gateway.execute(book).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(
+            !status.message().is_empty(),
+            "{what}: the status says what to fix"
+        );
+    }
+    assert_eq!(history(&server, root).await.len(), 1, "nothing was written");
+    let mut query = server.query().await;
+    let bad = AggregateQuery {
+        domain: "account".into(),
+        root: "nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        query.get_event_book(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let domains = query
+        .list_domains(ListDomainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .domains;
+    assert_eq!(domains, ["account"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_clients_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let shared = Uuid::new_v4();
+    server
+        .gateway()
+        .await
+        .execute(command(shared, &open("shared")))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for client in 0..48 {
+        let gateway = server.gateway().await;
+        tasks.push(tokio::spawn(async move {
+            let mut gateway = gateway;
+            // Half the clients share one account; the others each have their own.
+            let own = Uuid::new_v4();
+            let root = if client % 2 == 0 { shared } else { own };
+            if root == own {
+                gateway.execute(command(own, &open("own"))).await.unwrap();
+            }
+            for _ in 0..10 {
+                let mut book = command(root, &deposit(1));
+                book.retry_on_conflict = true;
+                book.request_id = Uuid::new_v4().to_string();
+                gateway.execute(book).await.unwrap();
+            }
+            root
+        }));
+    }
+    let mut own_roots = Vec::new();
+    for task in tasks {
+        let root = task.await.unwrap();
+        if root != shared {
+            own_roots.push(root);
+        }
+    }
+    let pages = history(&server, shared).await;
+    assert_gapless(&pages);
+    assert_eq!((pages.len(), balance(&pages)), (1 + 24 * 10, 240));
+    for root in own_roots {
+        let pages = history(&server, root).await;
+        assert_gapless(&pages);
+        assert_eq!((pages.len(), balance(&pages)), (11, 10));
+    }
+}
+
+/// Commands of three deposits each, from several clients, until the server is killed.
+/// Returns every acknowledged response.
+async fn load_until_killed(server: &Server, roots: &[Uuid]) -> Vec<CommandResponse> {
+    let mut tasks = Vec::new();
+    for root in roots {
+        let (mut gateway, root) = (server.gateway().await, *root);
+        gateway
+            .execute(command(root, &open("crash")))
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            loop {
+                let mut book = command(root, &deposit(1));
+                for _ in 0..2 {
+                    book.pages.push(book.pages[0].clone());
+                }
+                match gateway.execute(book).await {
+                    Ok(response) => acknowledged.push(response.into_inner()),
+                    Err(_) => return acknowledged, // the server is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.signal("KILL");
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_mid_load_loses_no_acknowledged_command_and_leaves_no_partial_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let roots: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let acknowledged = load_until_killed(&server, &roots).await;
+    assert!(
+        server.wait(Duration::from_secs(5)).code().is_none(),
+        "killed by a signal"
+    );
+    assert!(
+        acknowledged.len() > 8,
+        "the load got going before the kill ({} acknowledged)",
+        acknowledged.len()
+    );
+
+    let restarted = Server::start(dir.path(), &[]);
+    for root in &roots {
+        let pages = history(&restarted, *root).await;
+        assert_gapless(&pages);
+        assert_eq!(
+            (pages.len() - 1) % 3,
+            0,
+            "{root} has a partial batch: {} events",
+            pages.len()
+        );
+        assert_eq!(balance(&pages), (pages.len() - 1) as i64);
+    }
+    for response in acknowledged {
+        let book = response.events.unwrap();
+        let root = Uuid::parse_str(&book.cover.unwrap().root).unwrap();
+        let stored = history(&restarted, root).await;
+        for page in book.pages {
+            assert_eq!(
+                stored.get(page.sequence as usize),
+                Some(&page),
+                "an acknowledged event was lost"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_in_flight_commands_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let root = Uuid::new_v4();
+    let mut gateway = server.gateway().await;
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let load = tokio::spawn(async move {
+        let mut acknowledged = 0;
+        while gateway.execute(command(root, &deposit(1))).await.is_ok() {
+            acknowledged += 1;
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.signal("TERM");
+    let acknowledged = load.await.unwrap();
+    assert!(
+        server.wait(Duration::from_secs(15)).success(),
+        "a clean exit"
+    );
+    let restarted = Server::start(dir.path(), &[]);
+    let pages = history(&restarted, root).await;
+    assert_gapless(&pages);
+    assert_eq!(
+        pages.len(),
+        1 + acknowledged,
+        "every acknowledged command, and only those"
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["angzarr.v1.CommandGateway", "angzarr.v1.EventQuery"] {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let status = health.check(request).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for service in ["angzarr.v1.CommandGateway", "angzarr.v1.EventQuery"] {
+        assert!(
+            names.iter().any(|name| name == service),
+            "{service} missing from {names:?}"
+        );
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_file_and_line_and_exit_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("angzarr.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:1\"\nrequest_timeout_ms = \"soon\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("angzarr.toml") && stderr.contains("request_timeout_ms"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "[server\n").unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "--print"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("angzarr.toml") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_print_shows_the_effective_configuration() {
+    let output = Command::new(BINARY)
+        .args(["config", "--print"])
+        .env("ANGZARR_SERVER_REQUEST_TIMEOUT_MS", "1234")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        stdout.contains("request_timeout_ms = 1234")
+            && stdout.contains("listen = \"127.0.0.1:50051\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["config", "--help"],
+        &["load", "--help"],
+    ] {
+        let output = Command::new(BINARY).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}

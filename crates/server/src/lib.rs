@@ -1,0 +1,152 @@
+#![doc = include_str!("../README.md")]
+
+mod query;
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use angzarr_core::Gateway;
+use angzarr_proto::v1::{
+    CommandBook, CommandResponse,
+    command_gateway_server::{CommandGateway, CommandGatewayServer},
+    event_query_server::EventQueryServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+pub use query::EventQueryService;
+pub use status::{command_status, event_store_status, snapshot_store_status};
+
+/// Limits of the gRPC front door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// How long one request may take; a client's shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The listener's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    Address(#[source] std::io::Error),
+    /// The transport failed.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not load the descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves `CommandGateway.Execute` from a [`Gateway`].
+pub struct CommandGatewayService {
+    gateway: Gateway,
+    timeout: Duration,
+}
+
+impl CommandGatewayService {
+    /// Executes commands with `gateway`, each within `timeout`.
+    pub fn new(gateway: Gateway, timeout: Duration) -> Self {
+        Self { gateway, timeout }
+    }
+}
+
+#[tonic::async_trait]
+impl CommandGateway for CommandGatewayService {
+    async fn execute(
+        &self,
+        request: Request<CommandBook>,
+    ) -> Result<Response<CommandResponse>, Status> {
+        match tokio::time::timeout(self.timeout, self.gateway.execute(request.into_inner())).await {
+            Ok(Ok(response)) => Ok(Response::new(response)),
+            Ok(Err(error)) => Err(command_status(error)),
+            // The append may or may not have happened: a retry with the same request_id is safe.
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the command did not complete within {:?}; retry it with the same request_id",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// Serves the front door on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish.
+///
+/// Exposes `angzarr.v1.CommandGateway`, `angzarr.v1.EventQuery`, the standard gRPC health
+/// service (`grpc.health.v1.Health`) and server reflection, so that tools such as `grpcurl`
+/// need no `.proto` files.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let limit = config.max_message_bytes;
+    let commands = CommandGatewayServer::new(CommandGatewayService::new(
+        gateway.clone(),
+        config.request_timeout,
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let queries = EventQueryServer::new(EventQueryService::new(
+        gateway.event_store().clone(),
+        gateway.snapshot_store().clone(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CommandGatewayServer<CommandGatewayService>>()
+        .await;
+    health
+        .set_serving::<EventQueryServer<EventQueryService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(angzarr_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(commands)
+        .add_service(queries)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// tonic refuses a message over `max_message_bytes` with `OUT_OF_RANGE`; gRPC's own
+/// implementations, and our contract, say `RESOURCE_EXHAUSTED`. None of our handlers answers
+/// `OUT_OF_RANGE`, so every such status is tonic's size check.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = http::HeaderValue::from_static("11");
+    let headers = response.headers_mut();
+    if headers.get("grpc-status") == Some(&out_of_range) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// The address `listener` is bound to.
+pub fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
+    listener.local_addr().map_err(ServerError::Address)
+}

@@ -1,0 +1,197 @@
+//! `EventQuery`: read access to the event store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use angzarr_ports::{AggregateId, Domain, EventStore, SequenceRange, SnapshotStore, Uuid};
+use angzarr_proto::v1::{
+    AggregateQuery, CorrelationQuery, Cover, EventBook, EventPage, ListDomainsRequest,
+    ListDomainsResponse, ListRootsRequest, ListRootsResponse, event_query_server::EventQuery,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::status::{event_store_status, id_status, snapshot_store_status};
+
+/// Events read from the store per round trip while streaming.
+const STREAM_CHUNK: u64 = 1_000;
+/// `ListRoots` page size when the request leaves it to the server, and the largest allowed.
+const DEFAULT_ROOTS_PAGE: usize = 100;
+const MAX_ROOTS_PAGE: usize = 1_000;
+
+/// Serves `EventQuery` from an event store and a snapshot store.
+pub struct EventQueryService {
+    events: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+}
+
+impl EventQueryService {
+    /// Reads from these stores.
+    pub fn new(events: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        Self { events, snapshots }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn aggregate_of(query: &AggregateQuery) -> Result<AggregateId, Status> {
+    AggregateId::parse(&query.domain, &query.root).map_err(id_status)
+}
+
+fn cover(aggregate: &AggregateId) -> Option<Cover> {
+    Some(Cover {
+        domain: aggregate.domain().to_string(),
+        root: aggregate.root().to_string(),
+        ..Cover::default()
+    })
+}
+
+#[tonic::async_trait]
+impl EventQuery for EventQueryService {
+    async fn get_event_book(
+        &self,
+        request: Request<AggregateQuery>,
+    ) -> Result<Response<EventBook>, Status> {
+        let query = request.into_inner();
+        let aggregate = aggregate_of(&query)?;
+        let mut range = SequenceRange {
+            from: query.from_sequence,
+            to: query.to_sequence,
+        };
+        let mut snapshot = None;
+        if query.use_snapshot && range.to.is_none() {
+            let stored = self
+                .snapshots
+                .get(&aggregate)
+                .await
+                .map_err(snapshot_store_status)?;
+            // Only a snapshot inside the asked range can stand in for its first events.
+            if let Some(stored) = stored.filter(|stored| stored.sequence >= range.from) {
+                range.from = stored.sequence.saturating_add(1);
+                snapshot = Some(stored);
+            }
+        }
+        let pages = self
+            .events
+            .read(&aggregate, range)
+            .await
+            .map_err(event_store_status)?;
+        Ok(Response::new(EventBook {
+            cover: cover(&aggregate),
+            snapshot,
+            pages,
+        }))
+    }
+
+    type StreamEventsStream = BoxStream<EventPage>;
+
+    async fn stream_events(
+        &self,
+        request: Request<AggregateQuery>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let query = request.into_inner();
+        let aggregate = aggregate_of(&query)?;
+        let events = Arc::clone(&self.events);
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut from = query.from_sequence;
+            let end = query.to_sequence.unwrap_or(u64::MAX);
+            while from < end {
+                let to = from.saturating_add(STREAM_CHUNK).min(end);
+                let chunk = match events
+                    .read(&aggregate, SequenceRange { from, to: Some(to) })
+                    .await
+                {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        let _ = sender.send(Err(event_store_status(error))).await;
+                        return;
+                    }
+                };
+                let complete = chunk.len() as u64 == to - from;
+                for page in chunk {
+                    if sender.send(Ok(page)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if !complete {
+                    return; // the end of the stream
+                }
+                from = to;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_roots(
+        &self,
+        request: Request<ListRootsRequest>,
+    ) -> Result<Response<ListRootsResponse>, Status> {
+        let request = request.into_inner();
+        let domain = Domain::new(request.domain).map_err(id_status)?;
+        let after = match request.after.as_str() {
+            "" => None,
+            after => Some(
+                Uuid::try_parse(after)
+                    .map_err(|_| Status::invalid_argument("`after` is not a UUID"))?,
+            ),
+        };
+        let limit = match request.limit as usize {
+            0 => DEFAULT_ROOTS_PAGE,
+            limit => limit.min(MAX_ROOTS_PAGE),
+        };
+        let roots = self
+            .events
+            .list_roots(&domain, after, limit)
+            .await
+            .map_err(event_store_status)?;
+        Ok(Response::new(ListRootsResponse {
+            roots: roots.iter().map(Uuid::to_string).collect(),
+        }))
+    }
+
+    async fn list_domains(
+        &self,
+        _: Request<ListDomainsRequest>,
+    ) -> Result<Response<ListDomainsResponse>, Status> {
+        let domains = self
+            .events
+            .list_domains()
+            .await
+            .map_err(event_store_status)?;
+        Ok(Response::new(ListDomainsResponse {
+            domains: domains.iter().map(Domain::to_string).collect(),
+        }))
+    }
+
+    type FindByCorrelationStream = BoxStream<EventBook>;
+
+    async fn find_by_correlation(
+        &self,
+        request: Request<CorrelationQuery>,
+    ) -> Result<Response<Self::FindByCorrelationStream>, Status> {
+        let correlation_id = request.into_inner().correlation_id;
+        if correlation_id.is_empty() {
+            return Err(Status::invalid_argument("correlation_id is empty"));
+        }
+        let groups = self
+            .events
+            .find_by_correlation(&correlation_id)
+            .await
+            .map_err(event_store_status)?;
+        let books = groups.into_iter().map(move |group| {
+            let mut cover = cover(&group.aggregate);
+            if let Some(cover) = cover.as_mut() {
+                cover.correlation_id.clone_from(&correlation_id);
+            }
+            Ok(EventBook {
+                cover,
+                snapshot: None,
+                pages: group.pages,
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(books))))
+    }
+}

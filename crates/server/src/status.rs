@@ -1,0 +1,74 @@
+//! Typed errors to gRPC statuses: every error says what the caller should do.
+
+use angzarr_core::CommandError;
+use angzarr_ports::{ClientLogicError, EventStoreError, IdError, SnapshotStoreError};
+use tonic::{Code, Status};
+
+/// The status a failed command answers with.
+///
+/// | error | code | what the caller does |
+/// |---|---|---|
+/// | malformed command, bad domain or root | `INVALID_ARGUMENT` | fix the command |
+/// | unknown domain | `NOT_FOUND` | fix the domain or register logic for it |
+/// | rejected by the logic | `FAILED_PRECONDITION` | the command is not valid in this state |
+/// | sequence conflict | `ABORTED` | reload and retry (or set `retry_on_conflict`) |
+/// | over a limit | `RESOURCE_EXHAUSTED` | send less |
+/// | store or logic unreachable | `UNAVAILABLE` | retry later, with the same `request_id` |
+/// | logic timed out | `DEADLINE_EXCEEDED` | retry with the same `request_id` |
+/// | stored data undecodable | `DATA_LOSS` | operator attention |
+/// | a bug in the client logic or the store | `INTERNAL` | operator attention |
+pub fn command_status(error: CommandError) -> Status {
+    let code = match &error {
+        CommandError::InvalidCommand(_) => Code::InvalidArgument,
+        CommandError::UnknownDomain(_) => Code::NotFound,
+        CommandError::Rejected(_) => Code::FailedPrecondition,
+        CommandError::Conflict { .. } => Code::Aborted,
+        CommandError::LimitExceeded { .. } => Code::ResourceExhausted,
+        CommandError::InvalidEvents(_) => Code::Internal,
+        CommandError::Logic(error) => logic_code(error),
+        CommandError::Store(error) => event_store_code(error),
+        _ => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+fn logic_code(error: &ClientLogicError) -> Code {
+    match error {
+        ClientLogicError::InvalidCommand(_) => Code::InvalidArgument,
+        ClientLogicError::Unavailable(_) => Code::Unavailable,
+        ClientLogicError::Timeout(_) => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+fn event_store_code(error: &EventStoreError) -> Code {
+    match error {
+        EventStoreError::Conflict { .. } => Code::Aborted,
+        EventStoreError::InvalidArgument(_) => Code::InvalidArgument,
+        EventStoreError::LimitExceeded { .. } => Code::ResourceExhausted,
+        EventStoreError::Unavailable(_) => Code::Unavailable,
+        EventStoreError::Corrupt(_) => Code::DataLoss,
+        _ => Code::Internal,
+    }
+}
+
+/// The status a failed query answers with.
+pub fn event_store_status(error: EventStoreError) -> Status {
+    Status::new(event_store_code(&error), error.to_string())
+}
+
+/// The status a failed snapshot read answers with.
+pub fn snapshot_store_status(error: SnapshotStoreError) -> Status {
+    let code = match &error {
+        SnapshotStoreError::InvalidArgument(_) => Code::InvalidArgument,
+        SnapshotStoreError::Unavailable(_) => Code::Unavailable,
+        SnapshotStoreError::Corrupt(_) => Code::DataLoss,
+        _ => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+/// A malformed identity in a query.
+pub(crate) fn id_status(error: IdError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
