@@ -273,12 +273,11 @@ fn mask_secrets(value: &mut toml::Value) {
         toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
         toml::Value::String(text) => {
             // scheme://user:password@host → scheme://user:********@host
-            if let Some((scheme, rest)) = text.split_once("://") {
-                if let Some((userinfo, host)) = rest.split_once('@') {
-                    if let Some((user, _)) = userinfo.split_once(':') {
-                        *text = format!("{scheme}://{user}:********@{host}");
-                    }
-                }
+            if let Some((scheme, rest)) = text.split_once("://")
+                && let Some((userinfo, host)) = rest.split_once('@')
+                && let Some((user, _)) = userinfo.split_once(':')
+            {
+                *text = format!("{scheme}://{user}:********@{host}");
             }
         }
         _ => {}

@@ -15,6 +15,7 @@ use angzarr_proto::v1::{
 use tracing::Instrument;
 
 use crate::CommandError;
+use crate::cache::HistoryCache;
 use crate::locks::AggregateLocks;
 
 /// Limits and policies of a [`Gateway`].
@@ -31,6 +32,9 @@ pub struct GatewayConfig {
     pub max_command_pages: usize,
     /// The longest `request_id` or `correlation_id` accepted, in bytes.
     pub max_id_len: usize,
+    /// How many events of recently used histories are kept in memory, so that a command for
+    /// an aggregate written recently need not read it back. 0 disables the cache.
+    pub cached_events: usize,
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +45,7 @@ impl Default for GatewayConfig {
             max_event_bytes: 1024 * 1024,
             max_command_pages: 100,
             max_id_len: 256,
+            cached_events: 100_000,
         }
     }
 }
@@ -62,6 +67,7 @@ struct Inner {
     logic: HashMap<Domain, Arc<dyn ClientLogic>>,
     config: GatewayConfig,
     locks: AggregateLocks,
+    cache: HistoryCache,
     /// The tighter of the gateway's and the store's limits.
     max_events_per_command: usize,
     max_event_bytes: usize,
@@ -102,8 +108,9 @@ impl GatewayBuilder {
             events: self.events,
             snapshots: self.snapshots,
             logic: self.logic,
-            config: self.config,
             locks: AggregateLocks::default(),
+            cache: HistoryCache::new(self.config.cached_events),
+            config: self.config,
         };
         Gateway {
             inner: Arc::new(inner),
@@ -216,9 +223,19 @@ impl Gateway {
             1
         };
         let mut attempt = 1;
+        let mut trust_cache = true;
         loop {
-            let result = self.attempt(&aggregate, logic.as_ref(), &command).await;
+            let (result, from_cache) = self
+                .attempt(&aggregate, logic.as_ref(), &command, trust_cache)
+                .await;
             match result {
+                // Decided on a cached history that another process had moved past: the
+                // command never saw the current state, so this is no lost race. Decide again.
+                Err(CommandError::Conflict { .. }) if from_cache => {
+                    tracing::debug!("the cached history was stale, reloading");
+                    self.inner.cache.remove(&aggregate);
+                    trust_cache = false;
+                }
                 Err(CommandError::Conflict { expected, actual }) if attempt < attempts => {
                     tracing::debug!(attempt, expected, actual, "lost a race, reloading");
                     attempt += 1;
@@ -256,14 +273,46 @@ impl Gateway {
         Ok(aggregate)
     }
 
-    /// One load, decide, append round. A lost race comes back as `Conflict`.
+    /// The history to decide on, and whether it came from the cache.
+    async fn history(
+        &self,
+        aggregate: &AggregateId,
+        trust_cache: bool,
+    ) -> Result<(LoadedAggregate, bool), CommandError> {
+        if trust_cache && let Some(cached) = self.inner.cache.get(aggregate) {
+            return Ok((cached, true));
+        }
+        let loaded = self.load(aggregate).await?;
+        self.inner.cache.insert(aggregate, &loaded);
+        Ok((loaded, false))
+    }
+
+    /// One load, decide, append round, and whether it decided on a cached history. A lost
+    /// race comes back as `Conflict`.
     async fn attempt(
         &self,
         aggregate: &AggregateId,
         logic: &dyn ClientLogic,
         command: &CommandBook,
+        trust_cache: bool,
+    ) -> (Result<CommandResponse, CommandError>, bool) {
+        match self.history(aggregate, trust_cache).await {
+            Ok((loaded, from_cache)) => (
+                self.decide_and_append(aggregate, logic, command, loaded)
+                    .await,
+                from_cache,
+            ),
+            Err(error) => (Err(error), false),
+        }
+    }
+
+    async fn decide_and_append(
+        &self,
+        aggregate: &AggregateId,
+        logic: &dyn ClientLogic,
+        command: &CommandBook,
+        loaded: LoadedAggregate,
     ) -> Result<CommandResponse, CommandError> {
-        let loaded = self.load(aggregate).await?;
         // Looked up after loading: a first attempt that appended before the load is found
         // here, and one that appends after it makes our append conflict, and we look again.
         if let Some(replay) = self.replay(aggregate, command).await? {
@@ -308,23 +357,30 @@ impl Gateway {
             Ok(_) => {}
             Err(error) => {
                 let error = CommandError::from(error);
-                if matches!(error, CommandError::Conflict { .. }) {
-                    if let Some(replay) = self.replay(aggregate, command).await? {
-                        return Ok(replay);
-                    }
+                if matches!(error, CommandError::Conflict { .. })
+                    && let Some(replay) = self.replay(aggregate, command).await?
+                {
+                    return Ok(replay);
                 }
                 return Err(error);
             }
         }
+        let mut stored_snapshot = None;
         if let Some(state) = snapshot_state {
             let snapshot = Snapshot {
                 sequence: last_sequence,
                 state: Some(state),
             };
-            if let Err(error) = self.inner.snapshots.put(aggregate, snapshot).await {
-                tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
+            match self.inner.snapshots.put(aggregate, snapshot.clone()).await {
+                Ok(()) => stored_snapshot = Some(snapshot),
+                Err(error) => {
+                    tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
+                }
             }
         }
+        self.inner
+            .cache
+            .appended(aggregate, next_sequence, &written, stored_snapshot);
         Ok(response(cover, written, false))
     }
 

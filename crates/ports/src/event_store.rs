@@ -59,18 +59,19 @@ impl StoreCapabilities {
                 actual: events.len(),
             });
         }
-        if let Some(max) = self.max_event_bytes {
-            if let Some(actual) = events
-                .iter()
-                .map(prost::Message::encoded_len)
-                .find(|len| *len > max)
-            {
-                return Err(EventStoreError::LimitExceeded {
-                    limit: Limit::EventBytes,
-                    max,
-                    actual,
-                });
-            }
+        let oversized = self.max_event_bytes.and_then(|max| {
+            let sizes = events.iter().map(prost::Message::encoded_len);
+            sizes
+                .filter(|len| *len > max)
+                .map(|actual| (max, actual))
+                .next()
+        });
+        if let Some((max, actual)) = oversized {
+            return Err(EventStoreError::LimitExceeded {
+                limit: Limit::EventBytes,
+                max,
+                actual,
+            });
         }
         Ok(())
     }

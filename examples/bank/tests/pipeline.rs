@@ -319,8 +319,14 @@ async fn a_failing_snapshot_store_only_costs_a_longer_replay() {
     assert_eq!(events.next_sequence(&account(root)).await.unwrap(), 2);
 }
 
+/// What scripted client logic answers, given the aggregate's next sequence.
+type Script = fn(u64) -> Result<BusinessReply, ClientLogicError>;
+
+/// Whether a command failed as it should.
+type Expectation = fn(&CommandError) -> bool;
+
 /// Client logic that answers whatever it is told to.
-struct Scripted(fn(u64) -> Result<BusinessReply, ClientLogicError>);
+struct Scripted(Script);
 
 #[async_trait]
 impl ClientLogic for Scripted {
@@ -353,10 +359,7 @@ fn event(sequence: u64, bytes: usize) -> EventPage {
 
 #[tokio::test]
 async fn bad_replies_from_client_logic_write_nothing() {
-    let cases: [(
-        fn(u64) -> Result<BusinessReply, ClientLogicError>,
-        fn(&CommandError) -> bool,
-    ); 6] = [
+    let cases: [(Script, Expectation); 6] = [
         (
             |next| emitted(vec![event(next + 1, 1)]),
             |e| matches!(e, CommandError::InvalidEvents(_)),
@@ -458,4 +461,31 @@ async fn several_command_pages_are_decided_in_order() {
         Err(CommandError::Rejected(_))
     ));
     assert_eq!(fold(&gateway, root).await.balance, 30);
+}
+
+#[tokio::test]
+async fn a_history_cached_by_one_gateway_never_hides_writes_of_another() {
+    // Two gateways over one store: two processes sharing a database.
+    let store = Arc::new(MemoryStore::new());
+    let first = gateway_with(store.clone(), Arc::new(logic(3)), GatewayConfig::default());
+    let second = gateway_with(store.clone(), Arc::new(logic(3)), GatewayConfig::default());
+    let root = Uuid::new_v4();
+    first.execute(command(root, &open("ada"))).await.unwrap();
+    first.execute(command(root, &deposit(100))).await.unwrap(); // cached by `first`
+    second.execute(command(root, &withdraw(100))).await.unwrap();
+    // `first` would allow this on its cached balance of 100; the real balance is 0.
+    let overdraft = first.execute(command(root, &withdraw(60))).await;
+    assert!(
+        matches!(overdraft, Err(CommandError::Rejected(_))),
+        "{overdraft:?}"
+    );
+    let deposited = first.execute(command(root, &deposit(5))).await.unwrap();
+    assert_eq!(deposited.events.unwrap().pages[0].sequence, 3);
+    second.execute(command(root, &deposit(1))).await.unwrap();
+    // The client read sequence 5 elsewhere; `first` has only seen up to 4, yet must accept it.
+    let mut current = command(root, &deposit(1));
+    current.expected_sequence = Some(5);
+    first.execute(current).await.unwrap();
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 6);
+    assert_eq!(fold(&first, root).await.balance, 7);
 }
