@@ -33,7 +33,10 @@ commands:
         up without names starts what the backends need; down/status without names
         cover every known service. Connection variables go to target/services/env.
   bench [CARGO_BENCH_ARGS]... [-- BENCH_ARGS]...
-        cargo bench on the benchmark targets of the workspace (criterion args after --).
+        cargo bench on the benchmark targets of the workspace (the pipeline figures).
+  bench front-door
+        The gRPC front door's figures: binary size, idle memory, latency and throughput
+        through gRPC beside the same workload in-process.
   help, --help, -h
         This text.
 
