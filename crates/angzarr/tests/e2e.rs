@@ -115,6 +115,10 @@ async fn history(server: &Server, root: Uuid) -> Vec<EventPage> {
         .pages
 }
 
+async fn domains(query: &mut EventQueryClient<Channel>) -> Vec<String> {
+    query.list_domains(ListDomainsRequest {}).await.unwrap().into_inner().domains
+}
+
 fn balance(pages: &[EventPage]) -> i64 {
     let amount = |page: &EventPage| match page
         .payload
@@ -198,13 +202,7 @@ async fn commands_and_queries() {
     let mut expected: Vec<String> = roots.iter().map(Uuid::to_string).collect();
     expected.sort();
     assert_eq!(all_roots, expected);
-    let domains = query
-        .list_domains(ListDomainsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .domains;
-    assert_eq!(domains, ["account"]);
+    assert_eq!(domains(&mut query).await, ["account"]);
     let correlated = query.find_by_correlation(CorrelationQuery {
         correlation_id: "transfer-9".into(),
     });
@@ -304,13 +302,7 @@ async fn bad_input_gets_the_right_status_and_writes_nothing() {
         query.get_event_book(bad).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let domains = query
-        .list_domains(ListDomainsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .domains;
-    assert_eq!(domains, ["account"]);
+    assert_eq!(domains(&mut query).await, ["account"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
