@@ -116,7 +116,12 @@ async fn history(server: &Server, root: Uuid) -> Vec<EventPage> {
 }
 
 async fn domains(query: &mut EventQueryClient<Channel>) -> Vec<String> {
-    query.list_domains(ListDomainsRequest {}).await.unwrap().into_inner().domains
+    query
+        .list_domains(ListDomainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .domains
 }
 
 fn balance(pages: &[EventPage]) -> i64 {

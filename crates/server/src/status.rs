@@ -72,3 +72,70 @@ pub fn snapshot_store_status(error: SnapshotStoreError) -> Status {
 pub(crate) fn id_status(error: IdError) -> Status {
     Status::invalid_argument(error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use angzarr_ports::Limit;
+
+    use super::*;
+
+    #[test]
+    fn every_command_error_has_the_code_that_tells_the_caller_what_to_do() {
+        let cases = [
+            (
+                CommandError::InvalidCommand("x".into()),
+                Code::InvalidArgument,
+            ),
+            (CommandError::UnknownDomain("x".into()), Code::NotFound),
+            (CommandError::Rejected("x".into()), Code::FailedPrecondition),
+            (
+                CommandError::Conflict {
+                    expected: 1,
+                    actual: 2,
+                },
+                Code::Aborted,
+            ),
+            (
+                CommandError::LimitExceeded {
+                    limit: Limit::BatchLen,
+                    max: 1,
+                    actual: 2,
+                },
+                Code::ResourceExhausted,
+            ),
+            (CommandError::InvalidEvents("x".into()), Code::Internal),
+            (
+                ClientLogicError::InvalidCommand("x".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (ClientLogicError::Failed("x".into()).into(), Code::Internal),
+            (
+                ClientLogicError::Unavailable("x".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                ClientLogicError::Timeout(Duration::from_secs(1)).into(),
+                Code::DeadlineExceeded,
+            ),
+            (
+                CommandError::Store(EventStoreError::Unavailable("down".into())),
+                Code::Unavailable,
+            ),
+            (
+                CommandError::Store(EventStoreError::Corrupt("x".into())),
+                Code::DataLoss,
+            ),
+            (
+                CommandError::Store(EventStoreError::Internal("x".into())),
+                Code::Internal,
+            ),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = command_status(error);
+            assert_eq!((status.code(), status.message()), (code, message.as_str()));
+        }
+    }
+}
