@@ -5,13 +5,17 @@ use std::sync::Arc;
 use angzarr_core::Gateway;
 use angzarr_ports::{ClientLogic, Domain, EventStore, SnapshotStore};
 use angzarr_store_memory::MemoryStore;
+#[cfg(feature = "sqlite")]
 use angzarr_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
-use anyhow::{Context, bail};
+#[cfg(feature = "sqlite")]
+use anyhow::Context;
+use anyhow::bail;
 
 use crate::config::{self, Config, StoreKind};
 
 /// The store the server runs on, kept so that it can be closed cleanly.
 pub(crate) enum OpenedStore {
+    #[cfg(feature = "sqlite")]
     Sqlite(Arc<SqliteStore>),
     Memory(Arc<MemoryStore>),
 }
@@ -20,6 +24,11 @@ impl OpenedStore {
     pub(crate) async fn open(config: &config::Store) -> anyhow::Result<Self> {
         match config.kind {
             StoreKind::Memory => Ok(Self::Memory(Arc::new(MemoryStore::new()))),
+            #[cfg(not(feature = "sqlite"))]
+            StoreKind::Sqlite => {
+                bail!("this build has no SQLite store: rebuild with `--features sqlite`")
+            }
+            #[cfg(feature = "sqlite")]
             StoreKind::Sqlite => {
                 let dir = &config.data_dir;
                 std::fs::create_dir_all(dir).with_context(|| {
@@ -42,6 +51,7 @@ impl OpenedStore {
 
     pub(crate) fn describe(&self) -> String {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => format!("SQLite at {}", store.path().display()),
             Self::Memory(_) => "memory (nothing survives a restart)".to_owned(),
         }
@@ -49,6 +59,7 @@ impl OpenedStore {
 
     pub(crate) fn event_store(&self) -> Arc<dyn EventStore> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => store.clone(),
             Self::Memory(store) => store.clone(),
         }
@@ -56,6 +67,7 @@ impl OpenedStore {
 
     pub(crate) fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => store.clone(),
             Self::Memory(store) => store.clone(),
         }
@@ -63,12 +75,14 @@ impl OpenedStore {
 
     /// Waits for queued writes and closes the store, once nothing else holds it.
     pub(crate) async fn close(self) {
-        if let Self::Sqlite(store) = self {
-            match Arc::try_unwrap(store) {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => match Arc::try_unwrap(store) {
                 Ok(store) => store.close().await,
                 // Something still holds the store: dropping the last handle closes it.
                 Err(store) => drop(store),
-            }
+            },
+            Self::Memory(_) => {}
         }
     }
 }
