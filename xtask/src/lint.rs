@@ -24,6 +24,20 @@ pub(crate) fn run() -> Result<()> {
         eprintln!("lint: {error:#}");
         failed.push("clippy");
     }
+    // Optional adapters must build when left out, too.
+    if let Err(error) = run_status(cargo().args([
+        "clippy",
+        "--package",
+        "angzarr",
+        "--no-default-features",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])) {
+        eprintln!("lint: {error:#}");
+        failed.push("clippy --no-default-features");
+    }
     eprintln!("$ cargo xtask check-deps");
     if let Err(error) = deps::run() {
         eprintln!("lint: {error:#}");
@@ -31,7 +45,7 @@ pub(crate) fn run() -> Result<()> {
     }
 
     if failed.is_empty() {
-        eprintln!("lint: ok (fmt, clippy, check-deps)");
+        eprintln!("lint: ok (fmt, clippy, clippy without default features, check-deps)");
         Ok(())
     } else {
         bail!("lint failed: {}", failed.join(", "))
