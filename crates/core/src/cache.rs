@@ -1,29 +1,35 @@
 //! Recently used histories, so that a command for an aggregate this process just wrote need
 //! not read its history back from the store.
 //!
-//! A cached history can be stale only if another process wrote the aggregate; the append's
-//! expected-sequence check then fails, and the gateway drops the entry, reloads from the store
-//! and decides again. So the cache can make a command slower, never wrong. Entries are used
-//! and updated only under the aggregate's lock.
+//! The gateway takes an entry out for the length of a command and puts it back only once the
+//! command's outcome is known to match the store: after a successful append (whose
+//! expected-sequence check proves the history was current), or after confirming the
+//! aggregate's next sequence when nothing was appended. A history another process has moved
+//! past is caught by those checks, dropped, and reloaded. A command whose future is dropped
+//! midway leaves no entry behind.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use angzarr_ports::AggregateId;
-use angzarr_proto::v1::{EventPage, Snapshot};
 
 use crate::LoadedAggregate;
 
 pub(crate) struct HistoryCache {
     state: Mutex<State>,
-    /// The most events held, over all entries; 0 disables the cache.
+    /// The most weight held, over all entries; 0 disables the cache.
     budget: usize,
 }
 
 #[derive(Default)]
 struct State {
     entries: HashMap<AggregateId, LoadedAggregate>,
-    events: usize,
+    weight: usize,
+}
+
+/// An entry's share of the budget: one for the entry itself, one per event.
+fn weight(history: &LoadedAggregate) -> usize {
+    1 + history.pages.len()
 }
 
 impl HistoryCache {
@@ -34,86 +40,110 @@ impl HistoryCache {
         }
     }
 
+    pub(crate) fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every update leaves the map and its count consistent before it can panic.
+        // Every update leaves the map and its weight consistent before it can panic.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn get(&self, aggregate: &AggregateId) -> Option<LoadedAggregate> {
-        self.state().entries.get(aggregate).cloned()
-    }
-
-    pub(crate) fn remove(&self, aggregate: &AggregateId) {
+    /// Removes and returns the entry of `aggregate`.
+    pub(crate) fn take(&self, aggregate: &AggregateId) -> Option<LoadedAggregate> {
         let mut state = self.state();
-        if let Some(removed) = state.entries.remove(aggregate) {
-            state.events -= removed.pages.len();
-        }
+        let history = state.entries.remove(aggregate)?;
+        state.weight -= weight(&history);
+        Some(history)
     }
 
-    /// Caches a history just loaded from the store.
-    pub(crate) fn insert(&self, aggregate: &AggregateId, history: &LoadedAggregate) {
+    /// Caches `history` as current, evicting other entries if the budget requires.
+    pub(crate) fn insert(&self, aggregate: &AggregateId, history: LoadedAggregate) {
+        let added = weight(&history);
+        let mut state = self.state();
         // One long history must not push every other entry out.
-        if history.pages.len() > self.budget / 8 {
-            return self.remove(aggregate);
-        }
-        let mut state = self.state();
-        let added = history.pages.len();
-        if let Some(replaced) = state.entries.insert(aggregate.clone(), history.clone()) {
-            state.events -= replaced.pages.len();
-        }
-        state.events += added;
-        state.evict(self.budget, aggregate);
-    }
-
-    /// Records a successful append at `expected_sequence` (and the snapshot stored after it).
-    pub(crate) fn appended(
-        &self,
-        aggregate: &AggregateId,
-        expected_sequence: u64,
-        pages: &[EventPage],
-        snapshot: Option<Snapshot>,
-    ) {
-        let mut state = self.state();
-        let Some(entry) = state.entries.get_mut(aggregate) else {
-            return;
-        };
-        if entry.next_sequence != expected_sequence {
-            // Not the history the append was decided on: forget it.
-            let stale = entry.pages.len();
-            state.entries.remove(aggregate);
-            state.events -= stale;
+        if added > self.budget / 8 {
+            if let Some(replaced) = state.entries.remove(aggregate) {
+                state.weight -= weight(&replaced);
+            }
             return;
         }
-        let before = entry.pages.len();
-        entry.pages.extend_from_slice(pages);
-        entry.next_sequence = expected_sequence + pages.len() as u64;
-        if let Some(snapshot) = snapshot {
-            entry.pages.retain(|page| page.sequence > snapshot.sequence);
-            entry.snapshot = Some(snapshot);
+        if let Some(replaced) = state.entries.insert(aggregate.clone(), history) {
+            state.weight -= weight(&replaced);
         }
-        let after = entry.pages.len();
-        state.events = state.events + after - before;
-        if after > self.budget / 8 {
-            state.entries.remove(aggregate);
-            state.events -= after;
+        state.weight += added;
+        // Which entries go does not matter for correctness; the map's order is as good as any.
+        while state.weight > self.budget {
+            let Some(victim) = state.entries.keys().find(|id| *id != aggregate).cloned() else {
+                break;
+            };
+            if let Some(removed) = state.entries.remove(&victim) {
+                state.weight -= weight(&removed);
+            }
         }
-        state.evict(self.budget, aggregate);
     }
 }
 
-impl State {
-    /// Drops entries other than `keep` until the budget holds. Which ones does not matter for
-    /// correctness; the map's order is as good as any.
-    fn evict(&mut self, budget: usize, keep: &AggregateId) {
-        while self.events > budget {
-            let Some(victim) = self.entries.keys().find(|id| *id != keep).cloned() else {
-                break;
-            };
-            if let Some(removed) = self.entries.remove(&victim) {
-                self.events -= removed.pages.len();
-            }
+#[cfg(test)]
+mod tests {
+    use angzarr_ports::{Domain, Uuid};
+    use angzarr_proto::v1::EventPage;
+
+    use super::*;
+
+    fn aggregate() -> AggregateId {
+        AggregateId::new(Domain::new("a").unwrap(), Uuid::new_v4()).unwrap()
+    }
+
+    fn history(events: usize) -> LoadedAggregate {
+        let pages = (0..events as u64)
+            .map(|sequence| EventPage {
+                sequence,
+                ..EventPage::default()
+            })
+            .collect();
+        LoadedAggregate {
+            snapshot: None,
+            pages,
+            next_sequence: events as u64,
         }
+    }
+
+    #[test]
+    fn the_budget_bounds_entries_even_empty_ones() {
+        let cache = HistoryCache::new(80);
+        let ids: Vec<AggregateId> = (0..200).map(|_| aggregate()).collect();
+        for id in &ids {
+            cache.insert(id, history(0));
+        }
+        assert!(cache.state().entries.len() <= 80);
+        assert!(cache.state().weight <= 80);
+        let long = aggregate();
+        cache.insert(&long, history(0));
+        cache.insert(&long, history(10)); // weighs over an eighth of the budget: not cached
+        assert!(
+            cache.take(&long).is_none(),
+            "neither the long history nor the one it replaced"
+        );
+    }
+
+    #[test]
+    fn a_zero_budget_caches_nothing() {
+        let cache = HistoryCache::new(0);
+        let id = aggregate();
+        cache.insert(&id, history(0));
+        assert!(!cache.enabled() && cache.take(&id).is_none());
+    }
+
+    #[test]
+    fn taking_removes_the_entry() {
+        let cache = HistoryCache::new(100);
+        let id = aggregate();
+        cache.insert(&id, history(3));
+        assert_eq!(cache.take(&id).map(|h| h.next_sequence), Some(3));
+        assert!(cache.take(&id).is_none());
+        assert_eq!(cache.state().weight, 0);
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use angzarr_ports::{
-    AggregateId, Append, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreExt, Limit,
-    SnapshotStore,
+    AggregateId, Append, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreError,
+    EventStoreExt, SnapshotStore, StoreCapabilities,
 };
 use angzarr_proto::v1::{
     BusinessReply, CommandBook, CommandResponse, ContextualCommand, Cover, EventBook, EventPage,
@@ -68,9 +68,8 @@ struct Inner {
     config: GatewayConfig,
     locks: AggregateLocks,
     cache: HistoryCache,
-    /// The tighter of the gateway's and the store's limits.
-    max_events_per_command: usize,
-    max_event_bytes: usize,
+    /// The tighter of the gateway's and the store's limits, checked before appending.
+    limits: StoreCapabilities,
 }
 
 /// Builds a [`Gateway`].
@@ -99,12 +98,14 @@ impl GatewayBuilder {
         let store = self.events.capabilities();
         let tighter =
             |ours: usize, theirs: Option<usize>| theirs.map_or(ours, |theirs| ours.min(theirs));
-        let inner = Inner {
-            max_events_per_command: tighter(
+        let limits = StoreCapabilities::UNLIMITED
+            .with_max_batch_len(tighter(
                 self.config.max_events_per_command,
                 store.max_batch_len,
-            ),
-            max_event_bytes: tighter(self.config.max_event_bytes, store.max_event_bytes),
+            ))
+            .with_max_event_bytes(tighter(self.config.max_event_bytes, store.max_event_bytes));
+        let inner = Inner {
+            limits,
             events: self.events,
             snapshots: self.snapshots,
             logic: self.logic,
@@ -160,8 +161,8 @@ impl Gateway {
 
     /// Loads `aggregate`: its latest snapshot and the events after it.
     ///
-    /// A snapshot store that fails, or a snapshot that does not fit the events, is treated as
-    /// no snapshot (a snapshot is only a cache); an event store that fails is an error.
+    /// A snapshot store that fails, or a snapshot ahead of the events, is treated as no
+    /// snapshot (a snapshot is only a cache); an event store that fails is an error.
     pub async fn load(&self, aggregate: &AggregateId) -> Result<LoadedAggregate, CommandError> {
         let snapshot = match self.inner.snapshots.get(aggregate).await {
             Ok(snapshot) => snapshot,
@@ -170,21 +171,42 @@ impl Gateway {
                 None
             }
         };
-        let from = snapshot
-            .as_ref()
-            .and_then(|snapshot| snapshot.sequence.checked_add(1));
-        let pages = self
-            .inner
-            .events
-            .read_from(aggregate, from.unwrap_or(0))
-            .await?;
-        let next_sequence = match (pages.last(), from) {
-            (Some(last), _) => last.sequence + 1,
-            (None, Some(after_snapshot)) => after_snapshot,
-            (None, None) => 0,
+        let Some((snapshot, from)) = snapshot
+            .and_then(|snapshot| Some((snapshot.clone(), snapshot.sequence.checked_add(1)?)))
+        else {
+            return self.load_events_only(aggregate).await;
         };
+        let pages = self.inner.events.read_from(aggregate, from).await?;
+        if let Some(last) = pages.last() {
+            let next_sequence = last.sequence + 1;
+            return Ok(LoadedAggregate {
+                snapshot: Some(snapshot),
+                pages,
+                next_sequence,
+            });
+        }
+        // Nothing after the snapshot: make sure the events reach it, or the aggregate would
+        // be decided, and appended to, past the end of its stream.
+        let next_sequence = self.inner.events.next_sequence(aggregate).await?;
+        if next_sequence != from {
+            tracing::warn!(%aggregate, snapshot = snapshot.sequence, next_sequence, "ignoring a snapshot ahead of the events");
+            return self.load_events_only(aggregate).await;
+        }
         Ok(LoadedAggregate {
-            snapshot: snapshot.filter(|_| from.is_some()),
+            snapshot: Some(snapshot),
+            pages,
+            next_sequence,
+        })
+    }
+
+    async fn load_events_only(
+        &self,
+        aggregate: &AggregateId,
+    ) -> Result<LoadedAggregate, CommandError> {
+        let pages = self.inner.events.read_all(aggregate).await?;
+        let next_sequence = pages.last().map_or(0, |last| last.sequence + 1);
+        Ok(LoadedAggregate {
+            snapshot: None,
             pages,
             next_sequence,
         })
@@ -193,10 +215,15 @@ impl Gateway {
     /// Executes `command`: on success, answers with the events it appended.
     ///
     /// Nothing is written unless every check passed; a failed command leaves the store as it
-    /// was. With a non-empty `request_id`, a command that already succeeded answers with its
-    /// first outcome (`replayed`) and appends nothing.
+    /// was. With a non-empty `request_id`, a command that already appended events answers with
+    /// them (`replayed`) and appends nothing. (A command that appended nothing leaves no trace
+    /// to find, so repeating it decides again.)
     pub async fn execute(&self, mut command: CommandBook) -> Result<CommandResponse, CommandError> {
-        let cover = command.cover.get_or_insert_with(Cover::default);
+        let Some(cover) = command.cover.as_mut() else {
+            return Err(CommandError::InvalidCommand(
+                "the command has no cover".into(),
+            ));
+        };
         if cover.correlation_id.is_empty() {
             cover.correlation_id = uuid::Uuid::new_v4().to_string();
         }
@@ -217,31 +244,32 @@ impl Gateway {
             .get(aggregate.domain())
             .ok_or_else(|| CommandError::UnknownDomain(aggregate.domain().to_string()))?;
         let _one_at_a_time = self.inner.locks.lock(&aggregate).await;
-        let attempts = if command.retry_on_conflict {
-            self.inner.config.max_conflict_retries + 1
+        let mut retries_left = if command.retry_on_conflict {
+            self.inner.config.max_conflict_retries
         } else {
-            1
+            0
         };
-        let mut attempt = 1;
         let mut trust_cache = true;
         loop {
-            let (result, from_cache) = self
+            match self
                 .attempt(&aggregate, logic.as_ref(), &command, trust_cache)
-                .await;
-            match result {
+                .await
+            {
+                Attempt::Done(result) => return result,
                 // Decided on a cached history that another process had moved past: the
                 // command never saw the current state, so this is no lost race. Decide again.
-                Err(CommandError::Conflict { .. }) if from_cache => {
-                    tracing::debug!("the cached history was stale, reloading");
-                    self.inner.cache.remove(&aggregate);
-                    trust_cache = false;
+                Attempt::StaleCache => tracing::debug!("the cached history was stale, reloading"),
+                Attempt::LostRace { expected, actual } if retries_left > 0 => {
+                    tracing::debug!(expected, actual, retries_left, "lost a race, reloading");
+                    retries_left -= 1;
+                    let lost = self.inner.config.max_conflict_retries - retries_left;
+                    tokio::time::sleep(backoff(lost)).await;
                 }
-                Err(CommandError::Conflict { expected, actual }) if attempt < attempts => {
-                    tracing::debug!(attempt, expected, actual, "lost a race, reloading");
-                    attempt += 1;
+                Attempt::LostRace { expected, actual } => {
+                    return Err(CommandError::Conflict { expected, actual });
                 }
-                result => return result,
             }
+            trust_cache = false;
         }
     }
 
@@ -273,118 +301,148 @@ impl Gateway {
         Ok(aggregate)
     }
 
-    /// The history to decide on, and whether it came from the cache.
-    async fn history(
-        &self,
-        aggregate: &AggregateId,
-        trust_cache: bool,
-    ) -> Result<(LoadedAggregate, bool), CommandError> {
-        if trust_cache && let Some(cached) = self.inner.cache.get(aggregate) {
-            return Ok((cached, true));
-        }
-        let loaded = self.load(aggregate).await?;
-        self.inner.cache.insert(aggregate, &loaded);
-        Ok((loaded, false))
-    }
-
-    /// One load, decide, append round, and whether it decided on a cached history. A lost
-    /// race comes back as `Conflict`.
+    /// One round of load, decide and append.
     async fn attempt(
         &self,
         aggregate: &AggregateId,
         logic: &dyn ClientLogic,
         command: &CommandBook,
         trust_cache: bool,
-    ) -> (Result<CommandResponse, CommandError>, bool) {
-        match self.history(aggregate, trust_cache).await {
-            Ok((loaded, from_cache)) => (
-                self.decide_and_append(aggregate, logic, command, loaded)
-                    .await,
-                from_cache,
-            ),
-            Err(error) => (Err(error), false),
-        }
-    }
-
-    async fn decide_and_append(
-        &self,
-        aggregate: &AggregateId,
-        logic: &dyn ClientLogic,
-        command: &CommandBook,
-        loaded: LoadedAggregate,
-    ) -> Result<CommandResponse, CommandError> {
+    ) -> Attempt {
+        // Taken out rather than copied: if this attempt fails, or its future is dropped, the
+        // entry is gone and the next command reloads from the store.
+        let cached = if trust_cache {
+            self.inner.cache.take(aggregate)
+        } else {
+            None
+        };
+        let from_cache = cached.is_some();
+        let history = match cached {
+            Some(history) => history,
+            None => match self.load(aggregate).await {
+                Ok(history) => history,
+                Err(error) => return Attempt::Done(Err(error)),
+            },
+        };
         // Looked up after loading: a first attempt that appended before the load is found
         // here, and one that appends after it makes our append conflict, and we look again.
-        if let Some(replay) = self.replay(aggregate, command).await? {
-            return Ok(replay);
+        match self.replay(aggregate, command).await {
+            Ok(None) => {}
+            Ok(Some(replay)) => return Attempt::Done(Ok(replay)),
+            Err(error) => return Attempt::Done(Err(error)),
         }
+        let next_sequence = history.next_sequence;
         if let Some(expected) = command
             .expected_sequence
-            .filter(|expected| *expected != loaded.next_sequence)
+            .filter(|expected| *expected != next_sequence)
         {
-            return Err(CommandError::Conflict {
+            if from_cache && self.is_stale(aggregate, next_sequence).await {
+                return Attempt::StaleCache;
+            }
+            // The client's own expectation: never retried.
+            return Attempt::Done(Err(CommandError::Conflict {
                 expected,
-                actual: loaded.next_sequence,
-            });
+                actual: next_sequence,
+            }));
         }
-        let next_sequence = loaded.next_sequence;
+        let kept = self.inner.cache.enabled().then(|| history.clone());
         let cover = command.cover.clone();
         let contextual = ContextualCommand {
             events: Some(EventBook {
                 cover: cover.clone(),
-                snapshot: loaded.snapshot,
-                pages: loaded.pages,
+                snapshot: history.snapshot,
+                pages: history.pages,
             }),
             command: Some(command.clone()),
         };
-        let reply = logic.handle(contextual).await?;
+        let decided = match logic.handle(contextual).await {
+            Ok(reply) => accepted_events(reply),
+            Err(error) => Err(error.into()),
+        };
         let EventsEmitted {
             mut pages,
             snapshot_state,
-        } = accepted_events(reply)?;
-        self.check_events(&mut pages, next_sequence, cover.as_ref())?;
-        let Some(last_sequence) = pages.last().map(|page| page.sequence) else {
-            return Ok(response(cover, Vec::new(), false));
+        } = match decided {
+            Ok(emitted) if !emitted.pages.is_empty() => emitted,
+            // Nothing will be appended, so no store checks that the history was current.
+            outcome => {
+                if from_cache && self.is_stale(aggregate, next_sequence).await {
+                    return Attempt::StaleCache;
+                }
+                if let Some(kept) = kept {
+                    self.inner.cache.insert(aggregate, kept);
+                }
+                return Attempt::Done(outcome.map(|_| response(cover, Vec::new(), false)));
+            }
         };
+        if let Err(error) = self.check_events(&mut pages, next_sequence, cover.as_ref()) {
+            return Attempt::Done(Err(error));
+        }
         let request_id = (!command.request_id.is_empty()).then(|| command.request_id.clone());
+        let written = pages.clone();
         let append = Append {
             expected_sequence: next_sequence,
             events: pages,
             request_id,
         };
-        let written = append.events.clone();
         match self.inner.events.append(aggregate, append).await {
             Ok(_) => {}
-            Err(error) => {
-                let error = CommandError::from(error);
-                if matches!(error, CommandError::Conflict { .. })
-                    && let Some(replay) = self.replay(aggregate, command).await?
-                {
-                    return Ok(replay);
-                }
-                return Err(error);
+            Err(EventStoreError::Conflict { expected, actual }) => {
+                return match self.replay(aggregate, command).await {
+                    Ok(Some(replay)) => Attempt::Done(Ok(replay)),
+                    Ok(None) if from_cache => Attempt::StaleCache,
+                    Ok(None) => Attempt::LostRace { expected, actual },
+                    Err(error) => Attempt::Done(Err(error)),
+                };
             }
+            Err(error) => return Attempt::Done(Err(error.into())),
         }
-        let mut stored_snapshot = None;
-        if let Some(state) = snapshot_state {
-            let snapshot = Snapshot {
-                sequence: last_sequence,
-                state: Some(state),
-            };
-            match self.inner.snapshots.put(aggregate, snapshot.clone()).await {
-                Ok(()) => stored_snapshot = Some(snapshot),
-                Err(error) => {
-                    tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
-                }
+        let snapshot = self
+            .store_snapshot(aggregate, &written, snapshot_state)
+            .await;
+        if let Some(mut kept) = kept {
+            kept.next_sequence = next_sequence + written.len() as u64;
+            kept.pages.extend_from_slice(&written);
+            if let Some(snapshot) = snapshot {
+                kept.pages.retain(|page| page.sequence > snapshot.sequence);
+                kept.snapshot = Some(snapshot);
             }
+            self.inner.cache.insert(aggregate, kept);
         }
-        self.inner
-            .cache
-            .appended(aggregate, next_sequence, &written, stored_snapshot);
-        Ok(response(cover, written, false))
+        Attempt::Done(Ok(response(cover, written, false)))
     }
 
-    /// The first outcome of `command`'s request id, if it already succeeded.
+    /// Whether the aggregate moved past `next_sequence` (or cannot be checked).
+    async fn is_stale(&self, aggregate: &AggregateId, next_sequence: u64) -> bool {
+        self.inner
+            .events
+            .next_sequence(aggregate)
+            .await
+            .map_or(true, |actual| actual != next_sequence)
+    }
+
+    /// Stores the snapshot the logic returned, at the last written event. A failure only
+    /// costs a longer replay later, so it is logged, not returned.
+    async fn store_snapshot(
+        &self,
+        aggregate: &AggregateId,
+        written: &[EventPage],
+        state: Option<prost_types::Any>,
+    ) -> Option<Snapshot> {
+        let snapshot = Snapshot {
+            sequence: written.last()?.sequence,
+            state: Some(state?),
+        };
+        match self.inner.snapshots.put(aggregate, snapshot.clone()).await {
+            Ok(()) => Some(snapshot),
+            Err(error) => {
+                tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
+                None
+            }
+        }
+    }
+
+    /// The first outcome of `command`'s request id, if it already appended events.
     async fn replay(
         &self,
         aggregate: &AggregateId,
@@ -398,7 +456,13 @@ impl Gateway {
             .events
             .find_by_request(aggregate, &command.request_id)
             .await?;
-        Ok((!pages.is_empty()).then(|| response(command.cover.clone(), pages, true)))
+        let Some(first) = pages.first() else {
+            return Ok(None);
+        };
+        // The first outcome's correlation id, not one assigned to this repetition.
+        let mut cover = command.cover.clone().unwrap_or_default();
+        cover.correlation_id.clone_from(&first.correlation_id);
+        Ok(Some(response(Some(cover), pages, true)))
     }
 
     /// Checks the events the logic returned and stamps them with what the framework owns.
@@ -408,14 +472,6 @@ impl Gateway {
         next_sequence: u64,
         cover: Option<&Cover>,
     ) -> Result<(), CommandError> {
-        let max = self.inner.max_events_per_command;
-        if pages.len() > max {
-            return Err(CommandError::LimitExceeded {
-                limit: Limit::BatchLen,
-                max,
-                actual: pages.len(),
-            });
-        }
         let created_at = prost_types::Timestamp::from(SystemTime::now());
         let correlation_id = cover
             .map(|cover| cover.correlation_id.as_str())
@@ -435,18 +491,29 @@ impl Gateway {
             }
             page.created_at = Some(created_at);
             page.correlation_id = correlation_id.to_owned();
-            let size = prost::Message::encoded_len(page);
-            let max = self.inner.max_event_bytes;
-            if size > max {
-                return Err(CommandError::LimitExceeded {
-                    limit: Limit::EventBytes,
-                    max,
-                    actual: size,
-                });
-            }
         }
-        Ok(())
+        Ok(self.inner.limits.check_batch(pages)?)
     }
+}
+
+/// How long to wait after losing `lost` races in a row: a random time up to 0.5 ms doubled
+/// per loss, at most 50 ms. Writers that lost together then retry apart, so that one of them
+/// cannot keep losing to the others.
+fn backoff(lost: u32) -> std::time::Duration {
+    let ceiling = (500u64 << lost.min(7)).min(50_000);
+    // Any uniform bits will do; a v4 UUID has 122 of them.
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_micros(random % (ceiling + 1))
+}
+
+/// How one round of [`Gateway::execute`] ended.
+enum Attempt {
+    /// The command's outcome.
+    Done(Result<CommandResponse, CommandError>),
+    /// Decided on a cached history that was not current: decide again on a fresh one.
+    StaleCache,
+    /// Another writer appended between load and append.
+    LostRace { expected: u64, actual: u64 },
 }
 
 fn accepted_events(reply: BusinessReply) -> Result<EventsEmitted, CommandError> {

@@ -137,9 +137,36 @@ impl<A: Aggregate> Default for NativeLogic<A> {
     }
 }
 
+/// Histories longer than this are folded on tokio's blocking pool rather than on the async
+/// runtime's thread.
+const FOLD_INLINE_LIMIT: usize = 1_024;
+
 #[async_trait]
 impl<A: Aggregate> ClientLogic for NativeLogic<A> {
     async fn handle(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        let events = command.events.as_ref().map_or(0, |book| book.pages.len());
+        let logic = Self {
+            snapshot_every: self.snapshot_every,
+            aggregate: PhantomData,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if events > FOLD_INLINE_LIMIT => runtime
+                .spawn_blocking(move || logic.decide_contained(command))
+                .await
+                .map_err(|error| {
+                    ClientLogicError::Failed(format!("the fold was cancelled: {error}"))
+                })?,
+            _ => logic.decide_contained(command),
+        }
+    }
+}
+
+impl<A: Aggregate> NativeLogic<A> {
+    /// [`Self::decide`], with a panic turned into [`ClientLogicError::Failed`].
+    fn decide_contained(
+        &self,
+        command: ContextualCommand,
+    ) -> Result<BusinessReply, ClientLogicError> {
         catch_unwind(AssertUnwindSafe(|| self.decide(command))).unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<&str>()

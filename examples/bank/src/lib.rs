@@ -42,9 +42,10 @@ impl Aggregate for Account {
             Some(Command::Deposit(Deposit { amount: 0 })) => {
                 return reject("a deposit must be positive");
             }
-            Some(Command::Deposit(deposit)) => Event::Deposited(Deposited {
-                amount: deposit.amount,
-            }),
+            Some(Command::Deposit(Deposit { amount })) => match self.balance.checked_add(amount) {
+                Some(_) => Event::Deposited(Deposited { amount }),
+                None => return reject("the balance would overflow"),
+            },
             Some(Command::Withdraw(w)) if w.amount > self.balance => {
                 return reject("insufficient funds");
             }

@@ -178,11 +178,41 @@ async fn malformed_commands_get_typed_errors_and_write_nothing() {
     );
 }
 
+/// The bank's logic, counting its calls and taking a millisecond to decide, so that
+/// concurrent commands really interleave between their load and their append.
+struct SlowBank {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl ClientLogic for SlowBank {
+    async fn handle(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        logic(0).handle(command).await
+    }
+}
+
+/// `count` gateways over one store, as `count` processes sharing a database would be.
+fn processes(count: usize) -> (Vec<Gateway>, Arc<MemoryStore>, Arc<SlowBank>) {
+    let store = Arc::new(MemoryStore::new());
+    let slow = Arc::new(SlowBank {
+        calls: Default::default(),
+    });
+    let gateways = (0..count)
+        .map(|_| gateway_with(store.clone(), slow.clone(), GatewayConfig::default()))
+        .collect();
+    (gateways, store, slow)
+}
+
 #[tokio::test]
-async fn a_stale_expected_sequence_is_a_conflict() {
-    let (gateway, store) = bank(0);
+async fn a_stale_expected_sequence_is_a_conflict_and_never_retried() {
+    let (gateways, store, slow) = processes(1);
+    let gateway = &gateways[0];
     let root = Uuid::new_v4();
     gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let calls = slow.calls.load(std::sync::atomic::Ordering::Relaxed);
     let mut book = command(root, &deposit(5));
     book.expected_sequence = Some(0);
     book.retry_on_conflict = true; // never overrides an explicit expectation
@@ -197,79 +227,97 @@ async fn a_stale_expected_sequence_is_a_conflict() {
         ),
         "{error}"
     );
+    assert_eq!(
+        slow.calls.load(std::sync::atomic::Ordering::Relaxed),
+        calls,
+        "not decided, not retried"
+    );
     book.expected_sequence = Some(1);
     gateway.execute(book).await.unwrap();
     assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeated_request_id_returns_the_first_outcome_and_appends_nothing() {
-    let (gateway, store) = bank(0);
+    let (gateways, store, _) = processes(4);
     let root = Uuid::new_v4();
-    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    gateways[0]
+        .execute(command(root, &open("ada")))
+        .await
+        .unwrap();
     let mut book = command(root, &deposit(40));
     book.request_id = "deposit-1".into();
-    let first = gateway.execute(book.clone()).await.unwrap();
-    let again = gateway.execute(book.clone()).await.unwrap();
+    let first = gateways[0].execute(book.clone()).await.unwrap();
+    let mut again = book.clone();
+    again.cover.as_mut().unwrap().correlation_id.clear(); // a new one is assigned to the repeat
+    let again = gateways[1].execute(again).await.unwrap();
     assert!(!first.replayed && again.replayed);
-    assert_eq!(first.events.unwrap().pages, again.events.unwrap().pages);
-    // Racing duplicates: still appended once.
+    assert_eq!(
+        first.events, again.events,
+        "the same events, under the first correlation id"
+    );
+    // Duplicates racing through four processes: appended once, every other one a replay.
     book.request_id = "deposit-2".into();
     let racers: Vec<_> = (0..16)
-        .map(|_| {
-            let (gateway, book) = (gateway.clone(), book.clone());
+        .map(|racer| {
+            let (gateway, book) = (gateways[racer % 4].clone(), book.clone());
             tokio::spawn(async move { gateway.execute(book).await })
         })
         .collect();
     let mut replays = 0;
     for racer in racers {
-        match racer.await.unwrap() {
-            Ok(response) => replays += usize::from(response.replayed),
-            Err(CommandError::Conflict { .. }) => {} // lost the race before the winner was visible
-            Err(other) => panic!("{other}"),
-        }
+        replays += usize::from(racer.await.unwrap().unwrap().replayed);
     }
-    assert!(replays <= 15);
+    assert_eq!(replays, 15);
     assert_eq!(
         store.next_sequence(&account(root)).await.unwrap(),
         3,
         "each request id appended once"
     );
-    assert_eq!(fold(&gateway, root).await.balance, 80);
+    assert_eq!(fold(&gateways[0], root).await.balance, 80);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_commands_retry_on_conflict_when_asked() {
-    let (gateway, store) = bank(0);
+async fn racing_processes_retry_on_conflict_only_when_asked() {
+    let (gateways, store, _) = processes(4);
     let root = Uuid::new_v4();
-    gateway.execute(command(root, &open("ada"))).await.unwrap();
-    let run = |retry: bool| {
+    gateways[0]
+        .execute(command(root, &open("ada")))
+        .await
+        .unwrap();
+    let race = |retry: bool| {
         let tasks: Vec<_> = (0..16)
-            .map(|_| {
-                let gateway = gateway.clone();
+            .map(|racer| {
+                let gateway = gateways[racer % 4].clone();
                 let mut book = command(root, &deposit(1));
                 book.retry_on_conflict = retry;
                 tokio::spawn(async move { gateway.execute(book).await })
             })
             .collect();
         async move {
-            let mut succeeded = 0;
+            let (mut succeeded, mut conflicts) = (0, 0);
             for task in tasks {
                 match task.await.unwrap() {
                     Ok(_) => succeeded += 1,
-                    Err(CommandError::Conflict { .. }) => assert!(!retry, "a retried command lost"),
+                    Err(CommandError::Conflict { .. }) => conflicts += 1,
                     Err(other) => panic!("{other}"),
                 }
             }
-            succeeded
+            (succeeded, conflicts)
         }
     };
-    let with_retry = run(true).await;
-    assert_eq!(with_retry, 16);
-    let without_retry = run(false).await;
-    let next = store.next_sequence(&account(root)).await.unwrap();
-    assert_eq!(next, 1 + 16 + without_retry);
-    assert_eq!(fold(&gateway, root).await.balance, 16 + without_retry);
+    assert_eq!(race(true).await, (16, 0), "retried commands all succeed");
+    let (succeeded, conflicts) = race(false).await;
+    assert!(
+        conflicts > 0,
+        "four processes racing on one aggregate must collide"
+    );
+    assert_eq!(succeeded + conflicts, 16);
+    assert_eq!(
+        store.next_sequence(&account(root)).await.unwrap(),
+        1 + 16 + succeeded
+    );
+    assert_eq!(fold(&gateways[0], root).await.balance, 16 + succeeded);
 }
 
 #[tokio::test]
@@ -464,28 +512,60 @@ async fn several_command_pages_are_decided_in_order() {
 }
 
 #[tokio::test]
-async fn a_history_cached_by_one_gateway_never_hides_writes_of_another() {
-    // Two gateways over one store: two processes sharing a database.
-    let store = Arc::new(MemoryStore::new());
-    let first = gateway_with(store.clone(), Arc::new(logic(3)), GatewayConfig::default());
-    let second = gateway_with(store.clone(), Arc::new(logic(3)), GatewayConfig::default());
+async fn a_history_cached_by_one_process_never_hides_writes_of_another() {
+    let (gateways, store, _) = processes(2);
+    let (first, second) = (&gateways[0], &gateways[1]);
     let root = Uuid::new_v4();
     first.execute(command(root, &open("ada"))).await.unwrap();
     first.execute(command(root, &deposit(100))).await.unwrap(); // cached by `first`
     second.execute(command(root, &withdraw(100))).await.unwrap();
-    // `first` would allow this on its cached balance of 100; the real balance is 0.
+    // On its cached balance of 100, `first` would allow this; the real balance is 0.
     let overdraft = first.execute(command(root, &withdraw(60))).await;
     assert!(
         matches!(overdraft, Err(CommandError::Rejected(_))),
         "{overdraft:?}"
     );
-    let deposited = first.execute(command(root, &deposit(5))).await.unwrap();
-    assert_eq!(deposited.events.unwrap().pages[0].sequence, 3);
+    second.execute(command(root, &deposit(50))).await.unwrap();
+    // On its cached balance, `first` would refuse this; the real balance is 50.
+    first.execute(command(root, &withdraw(30))).await.unwrap();
     second.execute(command(root, &deposit(1))).await.unwrap();
-    // The client read sequence 5 elsewhere; `first` has only seen up to 4, yet must accept it.
+    // The client read sequence 6 elsewhere; `first` has not seen it, yet must accept it.
     let mut current = command(root, &deposit(1));
-    current.expected_sequence = Some(5);
+    current.expected_sequence = Some(6);
     first.execute(current).await.unwrap();
-    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 6);
-    assert_eq!(fold(&first, root).await.balance, 7);
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 7);
+    assert_eq!(fold(first, root).await.balance, 22);
+}
+
+#[tokio::test]
+async fn a_snapshot_ahead_of_the_events_is_ignored() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    // A snapshot claiming five events, over a stream of one (restored from another backup...).
+    let state = Any::from_msg(&Account {
+        open: true,
+        owner: "ada".into(),
+        balance: 999,
+    })
+    .unwrap();
+    let snapshot = Snapshot {
+        sequence: 4,
+        state: Some(state),
+    };
+    SnapshotStore::put(store.as_ref(), &account(root), snapshot)
+        .await
+        .unwrap();
+    let fresh = gateway_with(store.clone(), Arc::new(logic(0)), GatewayConfig::default());
+    let response = fresh.execute(command(root, &withdraw(500))).await;
+    assert!(
+        matches!(response, Err(CommandError::Rejected(_))),
+        "decided on the events: {response:?}"
+    );
+    let deposited = fresh.execute(command(root, &deposit(5))).await.unwrap();
+    assert_eq!(
+        deposited.events.unwrap().pages[0].sequence,
+        1,
+        "appended at the end of the stream"
+    );
 }
