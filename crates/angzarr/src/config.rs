@@ -62,6 +62,8 @@ pub(crate) struct Limits {
     pub(crate) max_event_bytes: usize,
     pub(crate) max_command_pages: usize,
     pub(crate) max_conflict_retries: u32,
+    /// Events of recently written histories kept in memory (0: none).
+    pub(crate) cached_events: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +122,7 @@ impl Default for Limits {
             max_event_bytes: core.max_event_bytes,
             max_command_pages: core.max_command_pages,
             max_conflict_retries: core.max_conflict_retries,
+            cached_events: core.cached_events,
         }
     }
 }
@@ -179,6 +182,8 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let defaults =
+            toml::Table::try_from(Config::default()).context("cannot render the defaults")?;
         for (name, value) in env {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -195,12 +200,13 @@ impl Config {
                      such as ANGZARR_SERVER_LISTEN"
                 ),
             };
-            let section = table
+            let typed = env_value(&value, defaults.get(&section).and_then(|s| s.get(&field)));
+            table
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
-                .with_context(|| format!("{name}: [{section}] is not a section"))?;
-            section.insert(field, env_value(&value));
+                .with_context(|| format!("{name}: [{section}] is not a section"))?
+                .insert(field, typed);
         }
         let origin = file.map_or_else(
             || "the environment".to_owned(),
@@ -240,19 +246,25 @@ impl Config {
         config.max_event_bytes = self.limits.max_event_bytes;
         config.max_command_pages = self.limits.max_command_pages;
         config.max_conflict_retries = self.limits.max_conflict_retries;
+        config.cached_events = self.limits.cached_events;
         config
     }
 }
 
-/// Environment values are text; numbers and booleans are recognised so that
-/// `ANGZARR_SERVER_REQUEST_TIMEOUT_MS=500` works.
-fn env_value(value: &str) -> toml::Value {
-    if let Ok(integer) = value.parse::<i64>() {
-        toml::Value::Integer(integer)
-    } else if let Ok(boolean) = value.parse::<bool>() {
-        toml::Value::Boolean(boolean)
-    } else {
-        toml::Value::String(value.to_owned())
+/// Environment values are text: each is read as the type of the setting it overrides, so
+/// that `ANGZARR_SERVER_REQUEST_TIMEOUT_MS=500` is a number and `ANGZARR_STORE_DATA_DIR=2024`
+/// a path. Text that does not parse stays text, and deserializing names the setting.
+fn env_value(value: &str, default: Option<&toml::Value>) -> toml::Value {
+    let text = || toml::Value::String(value.to_owned());
+    match default {
+        Some(toml::Value::Integer(_)) => {
+            value.parse().map_or_else(|_| text(), toml::Value::Integer)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            value.parse().map_or_else(|_| text(), toml::Value::Boolean)
+        }
+        Some(toml::Value::Float(_)) => value.parse().map_or_else(|_| text(), toml::Value::Float),
+        _ => text(),
     }
 }
 
@@ -307,6 +319,7 @@ mod tests {
         let config = Config::load(
             Some(&path),
             env(&[
+                ("ANGZARR_STORE_DATA_DIR", "2024"),
                 ("ANGZARR_SERVER_REQUEST_TIMEOUT_MS", "750"),
                 ("ANGZARR_STORE_KIND", "memory"),
                 ("OTHER", "x"),
@@ -316,6 +329,13 @@ mod tests {
         assert_eq!(config.server.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
         assert_eq!(config.server.request_timeout_ms, 750);
         assert_eq!(config.store.kind, StoreKind::Memory);
+        assert_eq!(config.store.data_dir, PathBuf::from("2024"));
+        let error =
+            Config::load(None, env(&[("ANGZARR_SERVER_REQUEST_TIMEOUT_MS", "soon")])).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("request_timeout_ms"),
+            "{error:#}"
+        );
     }
 
     #[test]

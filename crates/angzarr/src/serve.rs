@@ -59,6 +59,8 @@ pub(crate) async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
                 "requests still in flight after the grace period; stopping anyway"
             );
             server.abort();
+            // Wait for the abort, so that the server's handles on the store are released.
+            let _ = server.await;
         }
     }
     store.close().await;

@@ -79,8 +79,12 @@ impl OpenedStore {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => match Arc::try_unwrap(store) {
                 Ok(store) => store.close().await,
-                // Something still holds the store: dropping the last handle closes it.
-                Err(store) => drop(store),
+                Err(store) => {
+                    // A connection or stream task still holds it: the last handle to go closes
+                    // it, finishing queued writes as it drops.
+                    tracing::warn!("the store is still in use; it will close when released");
+                    drop(store);
+                }
             },
             Self::Memory(_) => {}
         }

@@ -28,7 +28,12 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BINARY)
+        let mut command = Command::new(BINARY);
+        // Only what the test sets: not the developer's own ANGZARR_* settings.
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
+            command.env_remove(name);
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .envs(env.iter().copied())

@@ -26,7 +26,7 @@ pub use status::{command_status, event_store_status, snapshot_store_status};
 pub struct ServerConfig {
     /// The largest request or response message, in bytes.
     pub max_message_bytes: usize,
-    /// How long one request may take; a client's shorter `grpc-timeout` wins.
+    /// How long one command may take; a client's shorter `grpc-timeout` wins.
     pub request_timeout: Duration,
 }
 
@@ -73,16 +73,40 @@ impl CommandGateway for CommandGatewayService {
         &self,
         request: Request<CommandBook>,
     ) -> Result<Response<CommandResponse>, Status> {
-        match tokio::time::timeout(self.timeout, self.gateway.execute(request.into_inner())).await {
+        // The client's own deadline, when shorter, wins.
+        let timeout =
+            client_deadline(&request).map_or(self.timeout, |client| client.min(self.timeout));
+        let command = request.into_inner();
+        let idempotent = !command.request_id.is_empty();
+        match tokio::time::timeout(timeout, self.gateway.execute(command)).await {
             Ok(Ok(response)) => Ok(Response::new(response)),
             Ok(Err(error)) => Err(command_status(error)),
-            // The append may or may not have happened: a retry with the same request_id is safe.
             Err(_) => Err(Status::deadline_exceeded(format!(
-                "the command did not complete within {:?}; retry it with the same request_id",
-                self.timeout
+                "the command did not complete within {timeout:?}, and may or may not have been applied; {}",
+                if idempotent {
+                    "retrying it with the same request_id is safe"
+                } else {
+                    "it had no request_id, so a retry may apply it twice"
+                }
             ))),
         }
     }
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Serves the front door on `listener` until `shutdown` completes, then lets in-flight
@@ -120,8 +144,9 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(angzarr_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // No server-wide timeout: `Execute` applies its own, so that a command that runs out of
+    // time always answers DEADLINE_EXCEEDED with what that means.
     tonic::transport::Server::builder()
-        .timeout(config.request_timeout)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
@@ -149,4 +174,27 @@ fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::
 /// The address `listener` is bound to.
 pub fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
     listener.local_addr().map_err(ServerError::Address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_are_understood() {
+        let deadline = |value: &str| {
+            let mut request = Request::new(());
+            request
+                .metadata_mut()
+                .insert("grpc-timeout", value.parse().unwrap());
+            client_deadline(&request)
+        };
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(deadline("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(deadline("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(deadline("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(deadline("soon"), None);
+        assert_eq!(deadline("S"), None);
+        assert_eq!(client_deadline(&Request::new(())), None);
+    }
 }

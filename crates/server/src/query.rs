@@ -13,7 +13,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::status::{event_store_status, id_status, snapshot_store_status};
+use crate::status::{event_store_status, id_status};
 
 /// Events read from the store per round trip while streaming.
 const STREAM_CHUNK: u64 = 1_000;
@@ -62,11 +62,15 @@ impl EventQuery for EventQueryService {
         };
         let mut snapshot = None;
         if query.use_snapshot && range.to.is_none() {
+            // As in the core, a failing snapshot store only means reading every event.
             let stored = self
                 .snapshots
                 .get(&aggregate)
                 .await
-                .map_err(snapshot_store_status)?;
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%aggregate, %error, "snapshot unavailable, reading every event");
+                    None
+                });
             // Only a snapshot inside the asked range can stand in for its first events.
             if let Some(stored) = stored.filter(|stored| stored.sequence >= range.from) {
                 range.from = stored.sequence.saturating_add(1);

@@ -31,15 +31,12 @@ pub enum OpenError {
         /// The newest schema version this crate knows.
         supported: i64,
     },
-    /// The writer thread could not be started.
-    #[error("cannot start the SQLite writer thread: {0}")]
-    WriterThread(#[source] std::io::Error),
 }
 
 /// A failure of the backend or of stored data, before it becomes one port's error.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// Busy, locked, out of disk, I/O error, writer gone: retrying later may succeed.
+    /// Busy, locked, out of disk, I/O error, writing stopped: retrying later may succeed.
     Unavailable(BoxError),
     /// Stored data cannot be decoded.
     Corrupt(String),
@@ -48,9 +45,10 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// The writer thread has stopped (it panicked), so no write can be done.
+    /// Writing has stopped (a commit panicked, or the store is closing), so no write can be
+    /// done.
     pub(crate) fn writer_gone() -> Self {
-        Self::Unavailable("the SQLite writer thread has stopped".into())
+        Self::Unavailable("the SQLite store has stopped writing".into())
     }
 
     /// Stored data that does not decode.

@@ -26,8 +26,8 @@ const CAPABILITIES: StoreCapabilities = StoreCapabilities::UNLIMITED.with_global
 /// An [`EventStore`] and [`SnapshotStore`] in one SQLite file: durable, embedded, and safe to
 /// share between tasks (`Arc<SqliteStore>`).
 ///
-/// Writes go to one writer thread that commits them in groups; reads run on the blocking
-/// thread pool, each with a connection of its own. See the crate documentation for the
+/// Writes are committed in groups on one connection, by the caller that finds no commit in
+/// progress; reads run on the blocking thread pool, each with a connection of its own. See the crate documentation for the
 /// guarantees and the design.
 ///
 /// Dropping the store waits for the writes already queued to be committed; in async code
@@ -39,15 +39,14 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the database at `config.path`, creating or migrating it as needed, and starts the
-    /// writer thread.
+    /// Opens the database at `config.path`, creating or migrating it as needed.
     ///
     /// This blocks on file I/O (and on another process's lock, up to the busy timeout): call it
     /// at startup, or inside `spawn_blocking`.
     pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
         config.validate()?;
         let conn = schema::open_writer(&config)?;
-        let writer = Writer::spawn(conn, config.max_group_size).map_err(OpenError::WriterThread)?;
+        let writer = Writer::new(conn, config.max_group_size);
         let readers = Arc::new(ReadPool {
             path: config.path,
             busy_timeout: config.busy_timeout,
@@ -63,7 +62,7 @@ impl SqliteStore {
     }
 
     /// Stops the store: waits, without blocking the runtime, until the writes already queued
-    /// are committed and the writer thread has exited, then closes every connection.
+    /// are committed, then closes every connection.
     pub async fn close(self) {
         self.writer.close().await;
     }
@@ -79,7 +78,7 @@ impl SqliteStore {
             .map_err(|error| Failure::Internal(error.into()))?
     }
 
-    /// Hands `job` to the writer thread and waits for its answer.
+    /// Hands `job` to the writer and waits for its answer.
     #[cfg(test)]
     pub(crate) async fn submit<T>(
         &self,

@@ -1,22 +1,33 @@
-//! The writer thread: the only connection that writes, committing queued writes in groups.
+//! Writes: the only connection that writes, committing queued writes in groups.
 //!
 //! SQLite allows one writer at a time and a durable commit costs an fsync, so writes are
-//! serialised on one thread anyway; batching every write that queued up meanwhile into one
-//! transaction shares that fsync among them. Each write runs in a savepoint of its own, so that
-//! a conflict or an invalid append fails alone while the rest of its group commits.
+//! serialised anyway; batching every write that queued up meanwhile into one transaction
+//! shares that fsync among them. Each write runs in a savepoint of its own, so that a conflict
+//! or an invalid append fails alone while the rest of its group commits (a write alone in its
+//! group needs none: if it fails, the transaction is rolled back).
+//!
+//! There is no writer thread: the caller that finds no commit in progress becomes the *leader*
+//! and commits its own write, with whatever else is queued, on its own thread (telling tokio to
+//! move the runtime's other tasks elsewhere meanwhile). Writes that arrive during a commit are
+//! queued, and their callers wait for an answer (*followers*). A single client thus pays no
+//! hand-over between threads, and concurrent clients still share commits. See the README's
+//! concurrency section for why.
 
-use std::thread::JoinHandle;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use angzarr_ports::{AggregateId, Append, EventStoreError, SnapshotStoreError};
 use prost::Message;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::error::{Failure, GroupFailure};
 use crate::keys;
 use crate::sql;
 
-/// An append, encoded by the caller so that the writer thread only does I/O.
+/// An append, encoded by the caller before it is queued.
 #[derive(Debug)]
 pub(crate) struct Batch {
     expected_sequence: u64,
@@ -53,7 +64,7 @@ impl Batch {
     }
 }
 
-/// A write for the writer thread, and where its answer goes.
+/// A write, and where its answer goes.
 #[derive(Debug)]
 pub(crate) enum Job {
     /// An [`EventStore::append`](angzarr_ports::EventStore::append).
@@ -83,97 +94,267 @@ pub(crate) enum Job {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<(), SnapshotStoreError>>,
     },
-    /// Makes the writer thread panic, to test what callers see then.
+    /// Makes the commit panic, to test what callers see then.
     #[cfg(test)]
     Panic,
 }
 
-/// The largest queue, and the most group slots allocated up front, whatever the group size.
-const MAX_PREALLOCATED: usize = 4096;
+/// The longest queue, whatever the group size.
+const MAX_QUEUE: usize = 4096;
 
-/// The handle on the writer thread.
+/// The write side of the store: the connection that writes, and the writes waiting for it.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    /// `None` once the writer is stopping.
-    jobs: Option<mpsc::Sender<Job>>,
-    /// `None` once joined.
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// What callers and the current leader share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Notified when a leader gives the connection back, or loses it.
+    resigned: Condvar,
+    /// One permit per free place in the queue: a caller takes one before queueing its write,
+    /// and the leader gives them back as it takes writes from the queue. Closed once writing
+    /// has stopped.
+    room: Semaphore,
+    /// The most writes committed in one transaction.
+    max_group_size: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Writes waiting for a commit. Never left non-empty without a leader: a leader gives the
+    /// connection back only when it finds the queue empty, under this same lock.
+    queue: VecDeque<Job>,
+    conn: Conn,
+}
+
+/// Where the write connection is.
+#[derive(Debug)]
+enum Conn {
+    /// No commit is in progress: the next caller takes the connection and leads.
+    Idle(Connection),
+    /// A leader has it.
+    Leading,
+    /// Writing has stopped: a commit panicked, or the store is closed.
+    Stopped,
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn` and commits up to `max_group_size` jobs at a time.
-    pub(crate) fn spawn(conn: Connection, max_group_size: usize) -> std::io::Result<Self> {
+    /// Writes with `conn`, committing up to `max_group_size` writes at a time.
+    pub(crate) fn new(conn: Connection, max_group_size: usize) -> Self {
         // A queue as long as a group: while one group commits, the next one fills up, and
-        // senders beyond that wait (backpressure) instead of piling up memory.
-        let (jobs, queue) = mpsc::channel(max_group_size.min(MAX_PREALLOCATED));
-        let thread = std::thread::Builder::new()
-            .name("angzarr-sqlite-writer".into())
-            .spawn(move || run(conn, queue, max_group_size))?;
-        Ok(Self {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
+        // callers beyond that wait (backpressure) instead of piling up memory.
+        let room = Semaphore::new(max_group_size.min(MAX_QUEUE));
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    conn: Conn::Idle(conn),
+                }),
+                resigned: Condvar::new(),
+                room,
+                max_group_size,
+            }),
+        }
     }
 
-    /// Queues the job that `job` builds around its reply channel, and waits for the reply.
-    /// Fails with `Unavailable` if the writer thread has stopped.
+    /// Queues the job that `job` builds around its reply channel, commits it if no commit is
+    /// in progress, and waits for the reply. Fails with `Unavailable` if writing has stopped.
+    ///
+    /// Cancel-safe in the sense that matters: once queued, a job is committed (or failed)
+    /// whether or not its caller still waits for the answer.
     pub(crate) async fn submit<T>(
         &self,
         job: impl FnOnce(oneshot::Sender<T>) -> Job,
     ) -> Result<T, Failure> {
-        let jobs = self.jobs.as_ref().ok_or_else(Failure::writer_gone)?;
-        let (reply, answer) = oneshot::channel();
-        // Both fail only when the thread is gone: it dropped the queue, or the job with it.
-        jobs.send(job(reply))
+        let shared = &self.shared;
+        // Waits while the queue is full; given back by the leader that takes the job.
+        shared
+            .room
+            .acquire()
             .await
-            .map_err(|_| Failure::writer_gone())?;
+            .map_err(|_| Failure::writer_gone())?
+            .forget();
+        let (reply, answer) = oneshot::channel();
+        let leader = {
+            let mut state = shared.lock();
+            let conn = match std::mem::replace(&mut state.conn, Conn::Leading) {
+                Conn::Idle(conn) => Some(conn),
+                Conn::Leading => None,
+                Conn::Stopped => {
+                    state.conn = Conn::Stopped;
+                    return Err(Failure::writer_gone());
+                }
+            };
+            state.queue.push_back(job(reply));
+            conn.map(|conn| Leader {
+                shared: Arc::clone(shared),
+                conn: Some(conn),
+            })
+        };
+        if let Some(leader) = leader {
+            leader.lead();
+        }
+        // Both fail only if writing stopped with the job queued or in its group.
         answer.await.map_err(|_| Failure::writer_gone())
     }
 
-    /// Lets the thread finish the queued jobs and exit, and waits for it without blocking the
-    /// async runtime.
-    pub(crate) async fn close(mut self) {
-        if let Some(thread) = self.stop() {
-            match tokio::task::spawn_blocking(move || thread.join()).await {
-                Ok(joined) => report(joined),
-                Err(error) => {
-                    tracing::error!(%error, "could not wait for the SQLite writer thread")
+    /// Waits, without blocking the async runtime, for the queued writes to be committed, then
+    /// closes the connection.
+    pub(crate) async fn close(self) {
+        if let Err(error) = tokio::task::spawn_blocking(move || drop(self)).await {
+            tracing::error!(%error, "could not close the SQLite write connection");
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Waits for the current leader, if any, to commit every queued write and give the
+    /// connection back, then closes it.
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        while matches!(state.conn, Conn::Leading) {
+            state = shared
+                .resigned
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let conn = std::mem::replace(&mut state.conn, Conn::Stopped);
+        drop(state);
+        shared.room.close();
+        // Closing the last connection checkpoints the log into the database file.
+        drop(conn);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent (it only moves values in and
+        // out), so a poisoned lock is still good.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The caller (or blocking thread) that holds the write connection and commits the queue.
+///
+/// If it is dropped while still holding the connection (a commit panicked, or the task that
+/// was to carry on leading never ran), writing stops and every queued write fails, rather than
+/// waiting forever for a commit.
+struct Leader {
+    shared: Arc<Shared>,
+    /// `None` once given back (or lost).
+    conn: Option<Connection>,
+}
+
+impl Leader {
+    /// Commits the group holding the new leader's own job, without blocking the runtime.
+    fn lead(mut self) {
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                // On this thread: the runtime hands its other tasks to another thread meanwhile.
+                let rest = tokio::task::block_in_place(|| {
+                    if let Some(group) = self.take_group() {
+                        self.commit(group);
+                    }
+                    // Writes queued meanwhile are committed by a blocking thread, so that this
+                    // caller is not held up by other callers' writes indefinitely.
+                    self.take_group().map(|group| (self, group))
+                });
+                if let Some((leader, group)) = rest {
+                    handle.spawn_blocking(move || leader.carry_on(group));
+                }
+            }
+            // A current-thread runtime cannot hand its tasks over: commit on the blocking pool.
+            Ok(handle) => {
+                handle.spawn_blocking(move || self.commit_until_idle());
+            }
+            // Not in a tokio runtime: a thread of its own.
+            Err(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("angzarr-sqlite-writer".into())
+                    .spawn(move || self.commit_until_idle());
+                if let Err(error) = spawned {
+                    // The leader was dropped with the connection: writing has stopped.
+                    tracing::error!(%error, "cannot start a thread to commit SQLite writes");
                 }
             }
         }
     }
 
-    /// Closes the queue, so that the thread exits once it is empty, and hands over the thread.
-    fn stop(&mut self) -> Option<JoinHandle<()>> {
-        self.jobs = None;
-        self.thread.take()
+    /// Commits `group`, then the rest of the queue.
+    fn carry_on(mut self, group: Vec<Job>) {
+        self.commit(group);
+        self.commit_until_idle();
     }
-}
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Some(thread) = self.stop() {
-            report(thread.join());
+    /// Commits groups until the queue is empty, then gives the connection back.
+    fn commit_until_idle(mut self) {
+        while let Some(group) = self.take_group() {
+            self.commit(group);
         }
     }
-}
 
-/// Logs how the writer thread ended.
-fn report(joined: std::thread::Result<()>) {
-    if joined.is_err() {
-        tracing::error!("the SQLite writer thread panicked");
+    /// Takes the next group from the queue; if the queue is empty, gives the connection back
+    /// instead and returns `None`. Also `None` once the connection is lost.
+    fn take_group(&mut self) -> Option<Vec<Job>> {
+        self.conn.as_ref()?;
+        let mut state = self.shared.lock();
+        let size = state.queue.len().min(self.shared.max_group_size);
+        if size == 0 {
+            // Under the lock that callers queue under: a job queued after this finds the
+            // connection idle and leads.
+            state.conn = self.conn.take().map_or(Conn::Stopped, Conn::Idle);
+            drop(state);
+            self.shared.resigned.notify_all();
+            return None;
+        }
+        let group: Vec<Job> = state.queue.drain(..size).collect();
+        drop(state);
+        self.shared.room.add_permits(size);
+        Some(group)
+    }
+
+    /// Commits `group`. A panic stops writing (see [`Leader::stop`]) instead of unwinding
+    /// into the caller.
+    fn commit(&mut self, mut group: Vec<Job>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        // Unwinding drops the group's jobs, and with them their reply channels: their
+        // callers see that writing has stopped.
+        let committed = catch_unwind(AssertUnwindSafe(|| commit_group(conn, &mut group)));
+        if committed.is_err() {
+            tracing::error!("a SQLite group commit panicked: the store stops writing");
+            self.stop();
+        }
+    }
+
+    /// Stops writing for good: drops the connection (SQLite rolls back whatever transaction
+    /// was open) and fails every queued write.
+    fn stop(&mut self) {
+        let conn = self.conn.take();
+        let stranded = {
+            let mut state = self.shared.lock();
+            state.conn = Conn::Stopped;
+            std::mem::take(&mut state.queue)
+        };
+        self.shared.room.close();
+        self.shared.resigned.notify_all();
+        drop(stranded);
+        drop(conn);
     }
 }
 
-/// The writer thread: takes a job, then whatever else is queued, and commits them together.
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, max_group_size: usize) {
-    let mut group = Vec::with_capacity(max_group_size.min(MAX_PREALLOCATED));
-    // Blocks for the first job, then takes what is queued without waiting; 0 once the store
-    // dropped the sender and the queue is empty.
-    while queue.blocking_recv_many(&mut group, max_group_size) > 0 {
-        commit_group(&mut conn, &mut group);
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if self.conn.is_some() {
+            tracing::error!("a SQLite commit was abandoned: the store stops writing");
+            self.stop();
+        }
     }
-    tracing::debug!("the SQLite writer thread has stopped");
 }
 
 /// Runs every job of `group` in one transaction, commits, then answers each job. Leaves
@@ -187,10 +368,11 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
             return;
         }
     };
+    let alone = group.len() == 1;
     let mut done = Vec::with_capacity(group.len());
     let mut jobs = group.drain(..);
     for job in jobs.by_ref() {
-        done.push(job.execute(&mut tx));
+        done.push(job.execute(&mut tx, alone));
         // After some errors (disk full, I/O error...) SQLite rolls back the whole transaction;
         // the next savepoint would then start a transaction of its own and commit on release.
         if tx.is_autocommit() {
@@ -208,6 +390,14 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
             return;
         }
     }
+    if alone && done.iter().any(Done::failed) {
+        // Undoes what the lone job did before it failed (an event of its batch, say).
+        if let Err(error) = tx.rollback() {
+            tracing::error!(%error, "could not roll back a failed SQLite write");
+        }
+        done.into_iter().for_each(Done::send);
+        return;
+    }
     match tx.commit() {
         Ok(()) => done.into_iter().for_each(Done::send),
         Err(error) => {
@@ -221,7 +411,7 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
 
 impl Job {
     /// Does the job inside `tx`, keeping its answer until the group commits.
-    fn execute(self, tx: &mut Transaction<'_>) -> Done {
+    fn execute(self, tx: &mut Transaction<'_>, alone: bool) -> Done {
         match self {
             Job::Append {
                 aggregate,
@@ -229,7 +419,7 @@ impl Job {
                 reply,
             } => Done::Append(
                 reply,
-                in_savepoint(tx, |conn| append(conn, &aggregate, &batch)),
+                isolated(tx, alone, |conn| append(conn, &aggregate, &batch)),
             ),
             Job::PutSnapshot {
                 aggregate,
@@ -238,13 +428,15 @@ impl Job {
                 reply,
             } => Done::Snapshot(
                 reply,
-                in_savepoint(tx, |conn| {
+                isolated(tx, alone, |conn| {
                     Ok(sql::put_snapshot(conn, &aggregate, sequence, &state)?)
                 }),
             ),
             Job::DeleteSnapshot { aggregate, reply } => Done::Snapshot(
                 reply,
-                in_savepoint(tx, |conn| Ok(sql::delete_snapshot(conn, &aggregate)?)),
+                isolated(tx, alone, |conn| {
+                    Ok(sql::delete_snapshot(conn, &aggregate)?)
+                }),
             ),
             #[cfg(test)]
             Job::Panic => panic!("writer panic requested by a test"),
@@ -307,6 +499,22 @@ impl Done {
     }
 }
 
+/// Runs the work of a job so that none of it is committed if it fails: in a savepoint, rolled
+/// back on failure while the rest of the transaction is kept; or, for a job `alone` in its
+/// group, as is, [`commit_group`] then rolling back the whole transaction instead (which spares
+/// two statements per commit, the savepoint and its release).
+fn isolated<T, E: From<Failure>>(
+    tx: &mut Transaction<'_>,
+    alone: bool,
+    work: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    if alone {
+        work(tx)
+    } else {
+        in_savepoint(tx, work)
+    }
+}
+
 /// Runs `work` in a savepoint: if it fails, its changes are undone and the rest of the
 /// transaction is kept.
 fn in_savepoint<T, E: From<Failure>>(
@@ -328,12 +536,13 @@ fn append(
     batch: &Batch,
 ) -> Result<u64, EventStoreError> {
     let key = keys::aggregate(aggregate);
-    let actual = sql::next_sequence(conn, &key)?;
-    if actual != batch.expected_sequence {
-        return Err(EventStoreError::Conflict {
-            expected: batch.expected_sequence,
-            actual,
-        });
+    let expected = batch.expected_sequence;
+    // The stream's actual end is only looked up for the error, which is rarer and costlier.
+    if !sql::is_next_sequence(conn, &key, expected)? {
+        let actual = sql::next_sequence(conn, &key)?;
+        if actual != expected {
+            return Err(EventStoreError::Conflict { expected, actual });
+        }
     }
     let request_id = batch.request_id.as_deref();
     for event in &batch.events {
@@ -356,7 +565,7 @@ fn append(
     }
     // validate_append made the batch non-empty and contiguous, and the last sequence fits an
     // i64, so one past it fits a u64.
-    Ok(actual + batch.events.len() as u64)
+    Ok(expected + batch.events.len() as u64)
 }
 
 #[cfg(test)]
@@ -379,6 +588,20 @@ mod tests {
     }
 
     fn append(aggregate: &AggregateId, from: u64, len: u64, correlation_id: &str) -> (Job, Answer) {
+        let (reply, answer) = oneshot::channel();
+        (
+            append_job(aggregate, from, len, correlation_id, reply),
+            answer,
+        )
+    }
+
+    fn append_job(
+        aggregate: &AggregateId,
+        from: u64,
+        len: u64,
+        correlation_id: &str,
+        reply: oneshot::Sender<Result<u64, EventStoreError>>,
+    ) -> Job {
         let events = (from..from + len)
             .map(|sequence| EventPage {
                 sequence,
@@ -391,13 +614,11 @@ mod tests {
             events,
             request_id: None,
         });
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Append {
+        Job::Append {
             aggregate: aggregate.clone(),
             batch,
             reply,
-        };
-        (job, answer)
+        }
     }
 
     /// Commits `jobs` as one group and returns their answers.
@@ -545,6 +766,109 @@ mod tests {
             (0, 0, 0)
         );
         assert!(conn.is_autocommit());
+    }
+
+    #[test]
+    fn a_lone_write_that_fails_midway_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = writer_connection(&dir);
+        // RAISE(ABORT) undoes the failing statement only: the first event stays inserted in the
+        // transaction, and only rolling the transaction back removes it.
+        conn.execute_batch(
+            "CREATE TRIGGER poison AFTER INSERT ON events WHEN NEW.correlation_id = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        )
+        .unwrap();
+        let a = aggregate();
+        let (mut job, answer) = append(&a, 0, 2, "fine");
+        if let Job::Append { batch, .. } = &mut job {
+            batch.events[1].correlation_id = "poison".into();
+        }
+        let answers = commit(&mut conn, vec![(job, answer)]);
+        assert!(
+            matches!(&answers[..], [Err(EventStoreError::Internal(error))] if error.to_string().contains("poisoned")),
+            "{answers:?}"
+        );
+        assert_eq!(stored(&conn, &a), 0);
+        assert!(conn.is_autocommit());
+        // So does a lone conflict, and the connection is usable again.
+        assert!(matches!(
+            commit(&mut conn, vec![append(&a, 1, 1, "fine")])[..],
+            [Err(EventStoreError::Conflict {
+                expected: 1,
+                actual: 0
+            })]
+        ));
+        assert!(matches!(
+            commit(&mut conn, vec![append(&a, 0, 1, "fine")])[..],
+            [Ok(1)]
+        ));
+        assert_eq!(stored(&conn, &a), 1);
+    }
+
+    /// Polls `future` once.
+    fn poll_once<F: Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(future).poll(&mut context)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_callers_wait_and_the_leader_commits_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::new(writer_connection(&dir), 2);
+        // A commit is in progress: its leader holds the connection.
+        let conn = match std::mem::replace(&mut writer.shared.lock().conn, Conn::Leading) {
+            Conn::Idle(conn) => conn,
+            other => panic!("{other:?}"),
+        };
+        let aggregates: Vec<AggregateId> = (0..3).map(|_| aggregate()).collect();
+        let mut submits: Vec<_> = aggregates
+            .iter()
+            .map(|id| Box::pin(writer.submit(|reply| append_job(id, 0, 1, "c", reply))))
+            .collect();
+        for submit in &mut submits {
+            assert!(poll_once(submit).is_pending());
+        }
+        // The queue holds two: the third caller waits for room.
+        assert_eq!(writer.shared.lock().queue.len(), 2);
+        let mut leader = Leader {
+            shared: Arc::clone(&writer.shared),
+            conn: Some(conn),
+        };
+        let group = leader.take_group().unwrap();
+        assert_eq!(group.len(), 2);
+        // Room again: the third is queued, and the leader takes it after the first group.
+        assert!(poll_once(&mut submits[2]).is_pending());
+        assert_eq!(writer.shared.lock().queue.len(), 1);
+        leader.commit(group);
+        leader.commit_until_idle();
+        assert!(matches!(writer.shared.lock().conn, Conn::Idle(_)));
+        for submit in submits {
+            assert_eq!(submit.await.unwrap().unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn a_leader_that_never_ran_stops_writes_instead_of_stranding_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::new(writer_connection(&dir), 8);
+        let conn = match std::mem::replace(&mut writer.shared.lock().conn, Conn::Leading) {
+            Conn::Idle(conn) => conn,
+            other => panic!("{other:?}"),
+        };
+        let a = aggregate();
+        let (job, answer) = append(&a, 0, 1, "c");
+        writer.shared.lock().queue.push_back(job);
+        // As when the runtime shuts down before running the blocking task of a leader.
+        drop(Leader {
+            shared: Arc::clone(&writer.shared),
+            conn: Some(conn),
+        });
+        assert!(answer.blocking_recv().is_err());
+        assert!(matches!(writer.shared.lock().conn, Conn::Stopped));
+        assert!(writer.shared.room.is_closed());
+        // Dropping the writer does not wait for a leader that is gone.
+        drop(writer);
     }
 
     #[test]

@@ -673,8 +673,22 @@ async fn a_write_lock_held_by_another_process_makes_writes_unavailable_not_stuck
     );
 }
 
+// A current-thread runtime commits on the blocking pool; a multi-thread one in the caller's
+// own task (`block_in_place`), where the panic must not unwind into the caller.
 #[tokio::test]
-async fn writes_fail_as_unavailable_once_the_writer_thread_died() {
+async fn writes_fail_as_unavailable_once_a_commit_panicked() {
+    a_panicking_commit_stops_writes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_as_unavailable_once_a_commit_panicked_in_the_callers_task() {
+    // In a task, on a worker thread, rather than in the test's `block_on`.
+    tokio::spawn(a_panicking_commit_stops_writes())
+        .await
+        .unwrap();
+}
+
+async fn a_panicking_commit_stops_writes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let account = aggregate("account");
@@ -702,6 +716,81 @@ async fn writes_fail_as_unavailable_once_the_writer_thread_died() {
     }
     // Reads still work, and nothing was lost.
     assert_eq!(store.next_sequence(&account).await.unwrap(), 1);
+    // Closing does not wait for a commit that will never come.
+    store.close().await;
+}
+
+/// Polls `future` once, as a caller that gives up before the answer does.
+fn poll_once<F: Future>(future: F) {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = future.as_mut().poll(&mut context);
+}
+
+async fn abandoned_writes_are_committed_before_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let aggregates: Vec<AggregateId> = (0..20).map(|_| aggregate("account")).collect();
+    for id in &aggregates {
+        // Queued by the first poll, then dropped: the write must still be committed.
+        poll_once(store.append(id, batch(0, 3, "c", None)));
+        poll_once(store.put(id, Snapshot::default()));
+    }
+    store.close().await;
+    let store = open(&dir);
+    for id in &aggregates {
+        assert_eq!(store.next_sequence(id).await.unwrap(), 3);
+        assert_eq!(store.get(id).await.unwrap(), Some(Snapshot::default()));
+    }
+}
+
+#[tokio::test]
+async fn abandoned_writes_are_committed_before_the_store_closes_on_a_current_thread_runtime() {
+    abandoned_writes_are_committed_before_the_store_closes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_writes_are_committed_before_the_store_closes_on_a_multi_thread_runtime() {
+    tokio::spawn(abandoned_writes_are_committed_before_the_store_closes())
+        .await
+        .unwrap();
+}
+
+/// A minimal executor, to run writes outside any tokio runtime.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = std::pin::pin!(future);
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn writes_work_outside_a_tokio_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let account = aggregate("account");
+    for round in 0..3 {
+        let next = block_on(store.append(&account, batch(round * 2, 2, "c", None))).unwrap();
+        assert_eq!(next, round * 2 + 2);
+    }
+    block_on(store.put(&account, Snapshot::default())).unwrap();
+    drop(store);
+    let conn = Connection::open(SqliteConfig::in_dir(dir.path()).path).unwrap();
+    let stored: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(stored, 6);
 }
 
 #[test]
