@@ -30,7 +30,7 @@ pub trait Harness: Send + Sync + 'static {
     }
 
     /// How many random cases the state machine runs. Lower it for slow remote stores;
-    /// `PROPTEST_CASES` overrides it.
+    /// `PROPTEST_CASES` can raise it for a soak run, never lower it.
     fn cases(&self) -> u32 {
         64
     }

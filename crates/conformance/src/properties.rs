@@ -29,23 +29,26 @@ pub async fn concurrent_writers_one_winner<H: Harness>(harness: &H) {
     let aggregate = aggregate("race");
     let mut next = 0;
     for round in 0..10u64 {
-        let tasks: Vec<_> = (0..WRITERS)
+        // Batches of different lengths and labels tell the winner apart.
+        let batches: Vec<Vec<EventPage>> = (0..WRITERS)
             .map(|writer| {
-                let (store, aggregate) = (Arc::clone(&store), aggregate.clone());
-                // Batches of different lengths tell the winner apart.
-                let events = pages(
+                pages(
                     next,
                     1 + writer % 3,
                     &format!("round {round} writer {writer}"),
-                );
-                tokio::spawn(async move {
-                    let append = Append {
-                        expected_sequence: next,
-                        events,
-                        request_id: None,
-                    };
-                    store.append(&aggregate, append).await
-                })
+                )
+            })
+            .collect();
+        let tasks: Vec<_> = batches
+            .iter()
+            .map(|events| {
+                let (store, aggregate) = (Arc::clone(&store), aggregate.clone());
+                let append = Append {
+                    expected_sequence: next,
+                    events: events.clone(),
+                    request_id: None,
+                };
+                tokio::spawn(async move { store.append(&aggregate, append).await })
             })
             .collect();
         let mut winners = Vec::new();
@@ -77,6 +80,14 @@ pub async fn concurrent_writers_one_winner<H: Harness>(harness: &H) {
                 "round {round}: a loser's conflict"
             );
         }
+        let stored = store
+            .read(&aggregate, (next..new_next).into())
+            .await
+            .expect("read the round");
+        assert_eq!(
+            stored, batches[winner],
+            "round {round}: the stored events are the winner's"
+        );
         next = new_next;
     }
     let stream = store

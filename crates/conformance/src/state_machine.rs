@@ -411,12 +411,13 @@ fn to_any(payload: &Payload) -> Any {
     }
 }
 
-/// Number of cases: `PROPTEST_CASES` if set, else what the harness asks for.
+/// What the harness asks for, or more if `PROPTEST_CASES` says so (a soak run); never fewer,
+/// since a suite that runs too few cases can pass a broken store.
 pub(crate) fn runner(default_cases: u32) -> TestRunner {
-    let cases = std::env::var("PROPTEST_CASES")
+    let soak = std::env::var("PROPTEST_CASES")
         .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(default_cases);
+        .and_then(|cases| cases.parse().ok());
+    let cases = soak.map_or(default_cases, |soak: u32| soak.max(default_cases));
     TestRunner::new(Config {
         cases,
         failure_persistence: None,

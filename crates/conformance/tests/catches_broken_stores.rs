@@ -25,6 +25,9 @@ enum Bug {
     KeepsFirstSnapshot,
     /// An expected sequence ahead of the stream is accepted.
     AcceptsFutureSequence,
+    /// The expected sequence is checked, then the events written, in two steps: racing
+    /// writers can both pass the check.
+    CheckThenWrite,
 }
 
 struct Mutant {
@@ -65,6 +68,21 @@ impl EventStore for Mutant {
                 }
                 append.expected_sequence = actual;
             }
+        }
+        if self.bug == Bug::CheckThenWrite {
+            let actual = self.inner.next_sequence(&key).await?;
+            if actual != append.expected_sequence {
+                return Err(EventStoreError::Conflict {
+                    expected: append.expected_sequence,
+                    actual,
+                });
+            }
+            tokio::task::yield_now().await; // another writer may append here
+            let end = self.inner.next_sequence(&key).await?;
+            for (sequence, page) in (end..).zip(&mut append.events) {
+                page.sequence = sequence;
+            }
+            append.expected_sequence = end;
         }
         self.inner.append(&key, append).await
     }
@@ -166,6 +184,24 @@ impl Harness for MutantHarness {
     }
 }
 
+/// Whether running `property` against a store with `bug` panics with `expected` in its message.
+fn caught<F: AsyncFnOnce(&MutantHarness)>(bug: Bug, property: F, expected: &str) -> bool {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        angzarr_conformance::run(MutantHarness(bug), property)
+    }));
+    let Err(panic) = outcome else { return false };
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    assert!(
+        message.contains(expected),
+        "{bug:?} failed the suite for another reason: {message}"
+    );
+    true
+}
+
 #[test]
 fn the_state_machine_fails_every_mutant() {
     let bugs = [
@@ -177,14 +213,20 @@ fn the_state_machine_fails_every_mutant() {
         Bug::AcceptsFutureSequence,
     ];
     for bug in bugs {
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            angzarr_conformance::run(MutantHarness(bug), async |harness| {
-                properties::state_machine(harness).await
-            });
-        }));
+        let property = async |harness: &MutantHarness| properties::state_machine(harness).await;
         assert!(
-            outcome.is_err(),
+            caught(bug, property, "disagrees with the model"),
             "the suite passed a store with the bug {bug:?}"
         );
     }
+}
+
+#[test]
+fn the_race_property_fails_a_check_then_write_store() {
+    let property =
+        async |harness: &MutantHarness| properties::concurrent_writers_one_winner(harness).await;
+    assert!(
+        caught(Bug::CheckThenWrite, property, "round"),
+        "the suite passed a non-atomic compare-and-append"
+    );
 }

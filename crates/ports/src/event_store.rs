@@ -174,7 +174,8 @@ pub enum EventStoreError {
         actual: usize,
     },
     /// The store cannot be reached or refused service for now; retrying later may succeed.
-    /// Nothing of the failed operation is visible.
+    /// Nothing of the failed operation is visible: a store that cannot tell whether a write
+    /// was applied (an acknowledgement lost on the network) must not report it this way.
     #[error("event store unavailable: {0}")]
     Unavailable(#[source] BoxError),
     /// Stored data could not be decoded.
