@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use angzarr_core::{Aggregate, Gateway};
+use angzarr_core::Gateway;
 use angzarr_example_bank::proto::{BankEvent, Deposited, bank_event::Kind};
-use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open};
+use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, replay};
 use angzarr_ports::{AggregateId, Append, Domain, EventPage, EventStore, SnapshotStore};
 use angzarr_proto::v1::Snapshot;
 use angzarr_store_sqlite::{SqliteConfig, SqliteStore};
@@ -294,20 +294,8 @@ fn raw_select(path: &std::path::Path, aggregate: &AggregateId) -> f64 {
 /// Load (snapshot and later events), decode every event, fold it into the state.
 async fn fold_all(gateway: &Gateway, aggregate: &AggregateId) -> Account {
     let loaded = gateway.load(aggregate).await.expect("load");
-    let mut state = match loaded.snapshot.and_then(|snapshot| snapshot.state) {
-        Some(state) => state.to_msg::<Account>().expect("decode the snapshot"),
-        None => Account::default(),
-    };
-    for page in &loaded.pages {
-        let event: BankEvent = page
-            .payload
-            .as_ref()
-            .expect("payload")
-            .to_msg()
-            .expect("decode");
-        state.apply(&event);
-    }
-    state
+    let snapshot = loaded.snapshot.and_then(|snapshot| snapshot.state);
+    replay(snapshot.as_ref(), &loaded.pages).expect("decode the history")
 }
 
 async fn rebuild(gateway: &Gateway, aggregate: &AggregateId) -> f64 {

@@ -1,10 +1,14 @@
-//! Builders for the bank's commands, for tests, benchmarks and demos.
+//! Builders for the bank's commands and a replay of its events, for tests, benchmarks and
+//! demos.
 
-use angzarr_proto::v1::{CommandBook, CommandPage, Cover};
+use angzarr_core::Aggregate;
+use angzarr_proto::v1::{CommandBook, CommandPage, Cover, EventPage};
 use prost_types::Any;
 use uuid::Uuid;
 
-use crate::proto::{BankCommand, Deposit, OpenAccount, Withdraw, bank_command::Kind};
+use crate::proto::{
+    Account, BankCommand, BankEvent, Deposit, OpenAccount, Withdraw, bank_command::Kind,
+};
 
 /// Opens an account for `owner`.
 pub fn open(owner: &str) -> BankCommand {
@@ -44,4 +48,21 @@ pub fn command(root: Uuid, command: &BankCommand) -> CommandBook {
         }],
         ..CommandBook::default()
     }
+}
+
+/// The account a history describes: `snapshot` (an `Account`, if any) with `pages` folded in.
+pub fn replay(snapshot: Option<&Any>, pages: &[EventPage]) -> Result<Account, prost::DecodeError> {
+    let mut account = snapshot
+        .map(Any::to_msg::<Account>)
+        .transpose()?
+        .unwrap_or_default();
+    for page in pages {
+        // A page without payload fails to decode like any event that is not a BankEvent.
+        let event = match &page.payload {
+            Some(payload) => payload.to_msg::<BankEvent>()?,
+            None => Any::default().to_msg::<BankEvent>()?,
+        };
+        account.apply(&event);
+    }
+    Ok(account)
 }

@@ -8,7 +8,7 @@ pub mod proto {
 
 mod commands;
 
-pub use commands::{command, deposit, open, withdraw};
+pub use commands::{command, deposit, open, replay, withdraw};
 pub use proto::Account;
 
 use angzarr_core::{Aggregate, NativeLogic, reject};

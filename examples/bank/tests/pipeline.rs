@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use angzarr_core::{CommandError, Gateway, GatewayConfig, NativeLogic};
-use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, withdraw};
+use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, replay, withdraw};
 use angzarr_ports::{
     AggregateId, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreExt, SnapshotStore,
     SnapshotStoreError, async_trait,
@@ -44,16 +44,9 @@ fn account(root: Uuid) -> AggregateId {
 }
 
 async fn fold(gateway: &Gateway, root: Uuid) -> Account {
-    use angzarr_core::Aggregate;
     let loaded = gateway.load(&account(root)).await.unwrap();
     let snapshot = loaded.snapshot.and_then(|snapshot| snapshot.state);
-    let mut state = snapshot
-        .map(|state| state.to_msg::<Account>().unwrap())
-        .unwrap_or_default();
-    for page in loaded.pages {
-        state.apply(&page.payload.unwrap().to_msg().unwrap());
-    }
-    state
+    replay(snapshot.as_ref(), &loaded.pages).unwrap()
 }
 
 #[tokio::test]
