@@ -8,4 +8,4 @@ pub mod native;
 
 pub use error::CommandError;
 pub use gateway::{Gateway, GatewayBuilder, GatewayConfig, LoadedAggregate};
-pub use native::{Aggregate, NativeLogic, reject};
+pub use native::{Aggregate, NativeLogic, UnpackError, Unpacker, reject};

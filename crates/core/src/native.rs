@@ -29,6 +29,65 @@ pub trait Aggregate: Message + Name + Default + 'static {
     fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Rejection>;
 }
 
+/// Decodes `google.protobuf.Any`s of one message type, checking each type URL against one
+/// computed up front (`Any::to_msg` formats it anew for every message, which dominates a fold
+/// of small events).
+pub struct Unpacker<M> {
+    type_url: String,
+    message: PhantomData<fn() -> M>,
+}
+
+/// Why an `Any` could not be unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnpackError {
+    /// The `Any` holds another type.
+    #[error("expected a {expected}, found {found:?}")]
+    WrongType {
+        /// The type URL the unpacker wants.
+        expected: String,
+        /// The type URL of the `Any`.
+        found: String,
+    },
+    /// The bytes are not a valid message of the type.
+    #[error("undecodable {type_url}: {error}")]
+    Undecodable {
+        /// The type URL.
+        type_url: String,
+        /// What prost said.
+        error: prost::DecodeError,
+    },
+}
+
+impl<M: Message + Name + Default> Unpacker<M> {
+    /// An unpacker of `M`s.
+    pub fn new() -> Self {
+        Self {
+            type_url: M::type_url(),
+            message: PhantomData,
+        }
+    }
+
+    /// The message in `any`, if it holds an `M`.
+    pub fn unpack(&self, any: &Any) -> Result<M, UnpackError> {
+        if any.type_url != self.type_url {
+            return Err(UnpackError::WrongType {
+                expected: self.type_url.clone(),
+                found: any.type_url.clone(),
+            });
+        }
+        M::decode(any.value.as_slice()).map_err(|error| UnpackError::Undecodable {
+            type_url: self.type_url.clone(),
+            error,
+        })
+    }
+}
+
+impl<M: Message + Name + Default> Default for Unpacker<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Refuses a command: `return reject("insufficient funds")`.
 pub fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection {
@@ -69,18 +128,19 @@ impl<A: Aggregate> NativeLogic<A> {
             .as_ref()
             .map_or(0, |snapshot| snapshot.sequence + 1);
         let mut state = match book.snapshot.and_then(|snapshot| snapshot.state) {
-            Some(state) => state
-                .to_msg::<A>()
-                .map_err(|e| invalid_history::<A>("the snapshot", &state, e))?,
+            Some(state) => Unpacker::<A>::new()
+                .unpack(&state)
+                .map_err(|e| invalid_history("the snapshot", e))?,
             None => A::default(),
         };
+        let events = Unpacker::<A::Event>::new();
         for page in &book.pages {
             let payload = page.payload.as_ref().ok_or_else(|| {
                 ClientLogicError::InvalidHistory(format!("event {} has no payload", page.sequence))
             })?;
-            let event = payload
-                .to_msg::<A::Event>()
-                .map_err(|e| invalid_history::<A::Event>("an event", payload, e))?;
+            let event = events
+                .unpack(payload)
+                .map_err(|e| invalid_history("an event", e))?;
             state.apply(&event);
             next_sequence = page.sequence + 1;
         }
@@ -88,13 +148,9 @@ impl<A: Aggregate> NativeLogic<A> {
         let mut pages = Vec::new();
         for page in command.command.map(|book| book.pages).unwrap_or_default() {
             let payload = page.payload.unwrap_or_default();
-            let command = payload.to_msg::<A::Command>().map_err(|error| {
-                ClientLogicError::InvalidCommand(format!(
-                    "expected a {}, got {:?}: {error}",
-                    A::Command::type_url(),
-                    payload.type_url
-                ))
-            })?;
+            let command = Unpacker::<A::Command>::new()
+                .unpack(&payload)
+                .map_err(|error| ClientLogicError::InvalidCommand(error.to_string()))?;
             let events = match state.handle(command) {
                 Ok(events) => events,
                 Err(rejection) => {
@@ -181,14 +237,6 @@ impl<A: Aggregate> NativeLogic<A> {
     }
 }
 
-fn invalid_history<M: Name>(
-    what: &str,
-    payload: &Any,
-    error: prost::DecodeError,
-) -> ClientLogicError {
-    ClientLogicError::InvalidHistory(format!(
-        "{what} of type {:?} is not a {}: {error}",
-        payload.type_url,
-        M::full_name()
-    ))
+fn invalid_history(what: &str, error: UnpackError) -> ClientLogicError {
+    ClientLogicError::InvalidHistory(format!("{what}: {error}"))
 }

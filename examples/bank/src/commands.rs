@@ -1,7 +1,7 @@
 //! Builders for the bank's commands and a replay of its events, for tests, benchmarks and
 //! demos.
 
-use angzarr_core::Aggregate;
+use angzarr_core::{Aggregate, UnpackError, Unpacker};
 use angzarr_proto::v1::{CommandBook, CommandPage, Cover, EventPage};
 use prost_types::Any;
 use uuid::Uuid;
@@ -51,18 +51,15 @@ pub fn command(root: Uuid, command: &BankCommand) -> CommandBook {
 }
 
 /// The account a history describes: `snapshot` (an `Account`, if any) with `pages` folded in.
-pub fn replay(snapshot: Option<&Any>, pages: &[EventPage]) -> Result<Account, prost::DecodeError> {
-    let mut account = snapshot
-        .map(Any::to_msg::<Account>)
+pub fn replay(snapshot: Option<&Any>, pages: &[EventPage]) -> Result<Account, UnpackError> {
+    let mut account: Account = snapshot
+        .map(|state| Unpacker::new().unpack(state))
         .transpose()?
         .unwrap_or_default();
+    let events = Unpacker::<BankEvent>::new();
     for page in pages {
-        // A page without payload fails to decode like any event that is not a BankEvent.
-        let event = match &page.payload {
-            Some(payload) => payload.to_msg::<BankEvent>()?,
-            None => Any::default().to_msg::<BankEvent>()?,
-        };
-        account.apply(&event);
+        // A page without payload fails like any event that is not a BankEvent.
+        account.apply(&events.unpack(page.payload.as_ref().unwrap_or(&Any::default()))?);
     }
     Ok(account)
 }
