@@ -208,11 +208,7 @@ impl<H: Harness> Run<'_, H> {
                 request,
             } => {
                 let aggregate = self.aggregate(*at);
-                let next = self
-                    .model
-                    .next_sequence(&aggregate)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let next = self.model_next(&aggregate).await?;
                 let expected_sequence = match *expected {
                     Expected::Correct => next,
                     Expected::Stale(by) => next.saturating_sub(by),
@@ -223,18 +219,11 @@ impl<H: Harness> Run<'_, H> {
                     events: self.pages(expected_sequence, events, *correlation),
                     request_id: request.map(|request| IDS[request].to_owned()),
                 };
-                let model = self.model.append(&aggregate, append.clone()).await;
-                let store = self.store().append(&aggregate, append).await;
-                same(op, model, store)?;
-                self.same_stream(&aggregate).await
+                self.same_append(op, &aggregate, append).await
             }
             Op::AppendWithGap { at, events } => {
                 let aggregate = self.aggregate(*at);
-                let next = self
-                    .model
-                    .next_sequence(&aggregate)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let next = self.model_next(&aggregate).await?;
                 let mut pages = self.pages(next, events, 0);
                 for page in pages.iter_mut().skip(1) {
                     page.sequence += 1;
@@ -244,10 +233,7 @@ impl<H: Harness> Run<'_, H> {
                     events: pages,
                     request_id: None,
                 };
-                let model = self.model.append(&aggregate, append.clone()).await;
-                let store = self.store().append(&aggregate, append).await;
-                same(op, model, store)?;
-                self.same_stream(&aggregate).await
+                self.same_append(op, &aggregate, append).await
             }
             Op::Read { at, from, to } => {
                 let (aggregate, range) = (
@@ -344,6 +330,27 @@ impl<H: Harness> Run<'_, H> {
                 Ok(())
             }
         }
+    }
+
+    /// The model's next sequence, which the operations' expected sequences are relative to.
+    async fn model_next(&self, aggregate: &AggregateId) -> Result<u64, String> {
+        self.model
+            .next_sequence(aggregate)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Appends to both stores; the answers and the resulting streams must be the same.
+    async fn same_append(
+        &self,
+        op: &Op,
+        aggregate: &AggregateId,
+        append: Append,
+    ) -> Result<(), String> {
+        let model = self.model.append(aggregate, append.clone()).await;
+        let store = self.store().append(aggregate, append).await;
+        same(op, model, store)?;
+        self.same_stream(aggregate).await
     }
 
     async fn same_stream(&self, aggregate: &AggregateId) -> Result<(), String> {

@@ -171,9 +171,10 @@ impl Gateway {
                 None
             }
         };
-        let Some((snapshot, from)) = snapshot
-            .and_then(|snapshot| Some((snapshot.clone(), snapshot.sequence.checked_add(1)?)))
-        else {
+        let Some((snapshot, from)) = snapshot.and_then(|snapshot| {
+            let from = snapshot.sequence.checked_add(1)?;
+            Some((snapshot, from))
+        }) else {
             return self.load_events_only(aggregate).await;
         };
         let pages = self.inner.events.read_from(aggregate, from).await?;
