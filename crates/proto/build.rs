@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Type names let `prost_types::Any::from_msg` / `to_msg` check type URLs.
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
+    // `Any` type URLs as every protobuf runtime writes them.
+    config.type_name_domain(["."], "type.googleapis.com");
     // No `connect` helpers: they would pull tonic's transport into every crate of the contract.
     tonic_prost_build::configure()
         .build_transport(false)

@@ -1,7 +1,8 @@
 //! `cargo xtask test [--backend NAME]... [--no-services]`: the one test command.
 //!
 //! 1. Starts the services the selected backends need (`services up`) and passes their
-//!    connection variables to the tests.
+//!    connection variables to the tests. For a whole-workspace run, first installs with pip
+//!    the modules of the Python client of the end-to-end tests, when they are not importable.
 //! 2. Builds the tests (`cargo test --no-run`, JSON messages) to learn which test executable
 //!    is the `conformance` integration test of each backend crate, then runs
 //!    `cargo test --all-targets --locked --no-fail-fast` and `cargo test --doc`, streaming
@@ -19,7 +20,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, deps, display, services};
+use crate::{cargo, deps, display, project_root, run_status, services};
 
 /// A store adapter whose crate runs the conformance suite in `tests/conformance.rs`.
 pub(crate) struct Backend {
@@ -44,6 +45,12 @@ pub(crate) const BACKENDS: &[Backend] = &[
         services: &[],
     },
 ];
+
+/// What the Python client of `crates/angzarr/tests/foreign_client.rs` needs, relative to the
+/// project root.
+const PYTHON_REQUIREMENTS: &str = "crates/angzarr/tests/python/requirements.txt";
+/// The modules of those requirements, as the client imports them.
+const PYTHON_MODULES: &str = "import grpc, grpc_reflection, google.protobuf";
 
 /// The test of the suite that must be among the passing ones.
 const REQUIRED_TEST: &str = "conformance::state_machine";
@@ -98,6 +105,9 @@ fn parse(args: &[String]) -> Result<Options> {
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
+    if !options.filtered {
+        python_client_modules()?;
+    }
     let provisioned = if options.services {
         let names: Vec<&str> = options.backends.iter().map(|b| b.name).collect();
         services::up(&services::for_backends(&names)?)?
@@ -114,6 +124,32 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             Err(error)
         }
         (result, stopped) => result.and(stopped),
+    }
+}
+
+/// Installs the Python client's modules with pip unless they are importable. Without python3
+/// there is nothing to install with: the test then fails, saying what to install.
+fn python_client_modules() -> Result<()> {
+    let importable = Command::new("python3")
+        .args(["-c", PYTHON_MODULES])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match importable {
+        Ok(status) if status.success() => Ok(()),
+        Ok(_) => run_status(
+            Command::new("python3")
+                .current_dir(project_root())
+                .args(["-m", "pip", "install", "--quiet", "-r", PYTHON_REQUIREMENTS])
+                .stdout(std::io::stderr()),
+        )
+        .context("could not install the Python client's modules for the end-to-end tests"),
+        Err(error) => {
+            eprintln!(
+                "xtask test: python3 cannot be run ({error}); the Python client test will fail"
+            );
+            Ok(())
+        }
     }
 }
 

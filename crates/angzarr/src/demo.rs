@@ -76,7 +76,15 @@ pub(crate) async fn run(address: SocketAddr) -> anyhow::Result<()> {
     for page in &book.pages {
         println!("   {}", describe(page));
     }
-    println!("\n== demo done. The server keeps serving; try: grpcurl -plaintext {address} list");
+    // What any gRPC tool can send, knowing only what reflection tells it.
+    let open_eve = format!(
+        r#"{{"cover":{{"domain":"account","root":"{}"}},"pages":[{{"payload":{{"@type":"{}","open":{{"owner":"eve"}}}}}}]}}"#,
+        Uuid::new_v4(),
+        angzarr_core::native::type_url::<BankCommand>(),
+    );
+    println!("\n== demo done. The server keeps serving; reflection describes every type, so");
+    println!("   grpcurl needs no .proto files: grpcurl -plaintext {address} list");
+    println!("   grpcurl -plaintext -d '{open_eve}' {address} angzarr.v1.CommandGateway/Execute");
     println!("   Ctrl-C stops it cleanly.\n");
     Ok(())
 }

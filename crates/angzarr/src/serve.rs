@@ -30,6 +30,7 @@ pub(crate) async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         let mut server_config = angzarr_server::ServerConfig::default();
         server_config.max_message_bytes = config.server.max_message_bytes;
         server_config.request_timeout = config.server.request_timeout();
+        server_config.descriptor_sets = wiring::descriptor_sets(&config);
         async move { angzarr_server::serve(listener, gateway, &server_config, stop.notified()).await }
     });
     drop(gateway);

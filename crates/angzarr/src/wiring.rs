@@ -102,6 +102,30 @@ fn logic(domain: &config::DomainConfig) -> anyhow::Result<Arc<dyn ClientLogic>> 
     }
 }
 
+/// The encoded `FileDescriptorSet` of the messages of a logic [`logic`] offers: one arm per
+/// arm there.
+fn descriptor_set(logic: &str) -> Option<&'static [u8]> {
+    match logic {
+        "bank" => Some(angzarr_example_bank::FILE_DESCRIPTOR_SET),
+        _ => None,
+    }
+}
+
+/// The descriptor sets of the configured domains' messages, each once, for server reflection.
+pub(crate) fn descriptor_sets(config: &Config) -> Vec<Vec<u8>> {
+    let mut sets: Vec<Vec<u8>> = Vec::new();
+    for set in config
+        .domains
+        .iter()
+        .filter_map(|d| descriptor_set(&d.logic))
+    {
+        if !sets.iter().any(|known| known == set) {
+            sets.push(set.to_vec());
+        }
+    }
+    sets
+}
+
 pub(crate) fn gateway(config: &Config, store: &OpenedStore) -> anyhow::Result<Gateway> {
     let mut builder = Gateway::builder(store.event_store(), store.snapshot_store())
         .config(config.gateway_config());

@@ -47,6 +47,11 @@ impl ErrorKind for SnapshotStoreError {
     fn kind(&self) -> Kind {
         match self {
             Self::InvalidArgument(_) => Kind::InvalidArgument,
+            Self::LimitExceeded { max, actual } => Kind::LimitExceeded {
+                limit: Limit::SnapshotBytes,
+                max: *max,
+                actual: *actual,
+            },
             other => Kind::Failure(other.to_string()),
         }
     }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod compare;
+mod concurrency;
 pub mod properties;
 mod state_machine;
 
@@ -23,6 +24,19 @@ pub trait Harness: Send + Sync + 'static {
     /// Whether the data outlives the store value: the suite then drops stores mid-case and
     /// reopens them, and checks that nothing changed.
     fn persistent(&self) -> bool;
+
+    /// Opens a second instance of the store of `namespace` while `first` (opened by
+    /// [`open`](Self::open)) stays open: a second connection, pool or client over the same
+    /// data, as a second process would have. The suite races writers across both.
+    ///
+    /// The default opens the store again, which is right wherever `open` connects to shared
+    /// data (a file, a server); a harness whose `open` makes fresh state must override it (the
+    /// race across instances then finds two winners). Return `None` only if the backend truly
+    /// cannot have two instances at once: the property then checks nothing, and says so.
+    async fn open_another(&self, namespace: &str, first: &Self::Store) -> Option<Self::Store> {
+        let _ = first;
+        Some(self.open(namespace).await)
+    }
 
     /// Removes what `namespace` left behind, after the case that used it.
     async fn cleanup(&self, namespace: &str) {
@@ -52,12 +66,17 @@ pub fn namespace() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Expands to one `#[test]` per property of the suite, each run against the harness that
-/// `$harness` evaluates to (evaluated once per test). See the crate documentation.
+/// Expands to a module `conformance` with one `#[test]` per property of the suite, each run
+/// against the harness that `$harness` evaluates to (evaluated once per test). See the crate
+/// documentation. `store_suite!(module_name, $harness)` names the module, to run the suite
+/// twice in one test file (say, with and without declared limits).
 #[macro_export]
 macro_rules! store_suite {
     ($harness:expr) => {
-        mod conformance {
+        $crate::store_suite!(conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
 
@@ -65,6 +84,8 @@ macro_rules! store_suite {
                 state_machine,
                 concurrent_writers_one_winner,
                 concurrent_aggregates_all_succeed,
+                readers_see_whole_batches,
+                two_instances_one_winner,
                 large_batch,
                 declared_limits,
                 domain_names,

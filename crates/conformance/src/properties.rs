@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use angzarr_ports::{
     AggregateId, Append, Domain, EventPage, EventStore, EventStoreError, EventStoreExt, Limit,
-    Snapshot, SnapshotStore, Uuid,
+    RequestKey, RequestRecord, Snapshot, SnapshotStore, Uuid,
 };
 use proptest::prelude::*;
 use prost_types::Any;
 
-use crate::{Harness, namespace, state_machine};
+use crate::{Harness, concurrency, namespace, state_machine};
+
+pub use crate::concurrency::{readers_see_whole_batches, two_instances_one_winner};
 
 /// Random sequences of appends (correct, stale and future expected sequences, empty batches,
 /// gaps), reads of every range, next sequences, root and domain listings, correlation and
@@ -20,133 +22,73 @@ pub async fn state_machine<H: Harness>(harness: &H) {
     state_machine::run(harness).await;
 }
 
-/// Writers racing to append at the same expected sequence: exactly one wins, every other gets
-/// a conflict naming the winner's end, and the stream has no gap and no duplicate.
+/// Writers racing to append at the same expected sequence, started together by a barrier: 16
+/// racers on each of 3 aggregates at once, for 8 rounds, half of them carrying request ids. Of
+/// each race exactly one wins, every other gets a conflict naming the winner's end, the stored
+/// batch and the request and correlation indexes are the winner's (a loser's ids find nothing),
+/// and the streams have no gap and no duplicate.
 pub async fn concurrent_writers_one_winner<H: Harness>(harness: &H) {
-    const WRITERS: usize = 8;
     let ns = namespace();
-    let store = Arc::new(harness.open(&ns).await);
-    let aggregate = aggregate("race");
-    let mut next = 0;
-    for round in 0..10u64 {
-        // Batches of different lengths and labels tell the winner apart.
-        let batches: Vec<Vec<EventPage>> = (0..WRITERS)
-            .map(|writer| {
-                pages(
-                    next,
-                    1 + writer % 3,
-                    &format!("round {round} writer {writer}"),
-                )
-            })
-            .collect();
-        let tasks: Vec<_> = batches
-            .iter()
-            .map(|events| {
-                let (store, aggregate) = (Arc::clone(&store), aggregate.clone());
-                let append = Append {
-                    expected_sequence: next,
-                    events: events.clone(),
-                    request_id: None,
-                };
-                tokio::spawn(async move { store.append(&aggregate, append).await })
-            })
-            .collect();
-        let mut winners = Vec::new();
-        let mut conflicts = Vec::new();
-        for (writer, task) in tasks.into_iter().enumerate() {
-            match task.await.expect("append task panicked") {
-                Ok(new_next) => winners.push((writer, new_next)),
-                Err(EventStoreError::Conflict { expected, actual }) => {
-                    conflicts.push((expected, actual))
-                }
-                Err(other) => panic!("round {round}: writer {writer} failed with {other}"),
-            }
-        }
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: exactly one writer must win, got {winners:?}"
-        );
-        let (winner, new_next) = winners[0];
-        assert_eq!(
-            new_next,
-            next + 1 + (winner % 3) as u64,
-            "round {round}: the winner's new next sequence"
-        );
-        for (expected, actual) in conflicts {
-            assert_eq!(
-                (expected, actual),
-                (next, new_next),
-                "round {round}: a loser's conflict"
-            );
-        }
-        let stored = store
-            .read(&aggregate, (next..new_next).into())
-            .await
-            .expect("read the round");
-        assert_eq!(
-            stored, batches[winner],
-            "round {round}: the stored events are the winner's"
-        );
-        next = new_next;
-    }
-    let stream = store
-        .read_all(&aggregate)
-        .await
-        .expect("read the raced stream");
-    let sequences: Vec<u64> = stream.iter().map(|page| page.sequence).collect();
-    assert_eq!(
-        sequences,
-        (0..next).collect::<Vec<_>>(),
-        "the raced stream has a gap or a duplicate"
-    );
-    drop(store);
+    let store = harness.open(&ns).await;
+    concurrency::race(vec![Arc::new(store)], concurrency::Race::SHARP).await;
     harness.cleanup(&ns).await;
 }
 
-/// Many aggregates written at once: every append succeeds and every stream is whole.
+/// Many aggregates written at once, their writers started together: every append succeeds,
+/// and every stream holds exactly the pages its writer appended (a group commit that mixed
+/// pages between aggregates fails), each batch found by its request id on its own aggregate
+/// only (every writer uses the same ids).
 pub async fn concurrent_aggregates_all_succeed<H: Harness>(harness: &H) {
     const AGGREGATES: usize = 32;
     const BATCHES: u64 = 10;
     let ns = namespace();
     let store = Arc::new(harness.open(&ns).await);
+    let barrier = Arc::new(tokio::sync::Barrier::new(AGGREGATES));
     let tasks: Vec<_> = (0..AGGREGATES)
         .map(|index| {
-            let store = Arc::clone(&store);
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
             tokio::spawn(async move {
                 let aggregate = aggregate("parallel");
+                let mut appended = Vec::new();
+                barrier.wait().await;
                 for batch in 0..BATCHES {
                     let events = pages(batch * 2, 2, &format!("aggregate {index} batch {batch}"));
-                    let append = Append {
-                        expected_sequence: batch * 2,
-                        events,
-                        request_id: None,
-                    };
+                    let request = format!("batch {batch}");
+                    let append = concurrency::append(batch * 2, events.clone(), Some(request.as_str()));
                     store
                         .append(&aggregate, append)
                         .await
                         .expect("an uncontended append failed");
+                    appended.push(events);
                 }
-                aggregate
+                (aggregate, appended)
             })
         })
         .collect();
     for task in tasks {
-        let aggregate = task.await.expect("writer task panicked");
+        let (aggregate, batches) = task.await.expect("writer task panicked");
         let stream = store.read_all(&aggregate).await.expect("read a stream");
-        let sequences: Vec<u64> = stream.iter().map(|page| page.sequence).collect();
         assert_eq!(
-            sequences,
-            (0..BATCHES * 2).collect::<Vec<_>>(),
-            "stream of {aggregate}"
+            stream,
+            batches.concat(),
+            "the pages of {aggregate} are not what its writer appended"
         );
+        for (batch, events) in batches.iter().enumerate() {
+            let request = format!("batch {batch}");
+            assert_eq!(
+                concurrency::find_request(&*store, &aggregate, &request).await,
+                concurrency::request_record(&request, events),
+                "the request index of {aggregate} is not what its writer appended"
+            );
+        }
     }
     drop(store);
     harness.cleanup(&ns).await;
 }
 
-/// A batch of 10,000 events (or the store's declared maximum, if smaller) round-trips; one
-/// event more than a declared maximum is refused and writes nothing.
+/// A batch of 10,000 events (or the store's declared maximum, if smaller) round-trips, found
+/// by its request id; right after it, the next sequence, reads near its end and a further
+/// append are right. One event more than a declared maximum is refused and writes nothing.
 pub async fn large_batch<H: Harness>(harness: &H) {
     let ns = namespace();
     let store = harness.open(&ns).await;
@@ -154,17 +96,20 @@ pub async fn large_batch<H: Harness>(harness: &H) {
     let len = max.map_or(10_000, |max| max.min(10_000));
     let aggregate = aggregate("large");
     let events = pages(0, len, "large");
-    let append = Append {
-        expected_sequence: 0,
-        events: events.clone(),
-        request_id: Some("big".into()),
-    };
+    let request = RequestKey::new("big", [7; 32]);
+    let append = Append::new(0, events.clone()).with_request(request.clone());
+    let end = len as u64;
     assert_eq!(
         store
             .append(&aggregate, append)
             .await
             .expect("append a large batch"),
-        len as u64
+        end
+    );
+    assert_eq!(
+        store.next_sequence(&aggregate).await.expect("next sequence"),
+        end,
+        "the next sequence right after a large batch"
     );
     assert_eq!(
         store
@@ -173,25 +118,45 @@ pub async fn large_batch<H: Harness>(harness: &H) {
             .expect("read a large batch"),
         events
     );
+    let tail = store
+        .read(&aggregate, (end.saturating_sub(3)..end + 5).into())
+        .await
+        .expect("read the end of a large batch");
+    assert_eq!(tail, events[len.saturating_sub(3)..], "a read across the end");
     assert_eq!(
         store
             .find_by_request(&aggregate, "big")
             .await
             .expect("find a large batch"),
-        events
+        Some(RequestRecord {
+            digest: Some(request.digest),
+            pages: events.clone()
+        })
+    );
+    let after = Append::new(end, pages(end, 2, "after"));
+    assert_eq!(
+        store
+            .append(&aggregate, after.clone())
+            .await
+            .expect("append after a large batch"),
+        end + 2
+    );
+    assert_eq!(
+        store
+            .read_from(&aggregate, end - 1)
+            .await
+            .expect("read across both"),
+        [&events[len - 1..], &after.events[..]].concat()
     );
     if let Some(max) = max {
         let other = self::aggregate("too-large");
-        let append = Append {
-            expected_sequence: 0,
-            events: pages(0, max + 1, "too large"),
-            request_id: None,
-        };
+        let append = Append::new(0, pages(0, max + 1, "too large"));
         match store.append(&other, append).await {
             Err(EventStoreError::LimitExceeded {
                 limit: Limit::BatchLen,
-                ..
-            }) => {}
+                max: refused_at,
+                actual,
+            }) => assert_eq!((refused_at, actual), (max, max + 1), "the limit error"),
             other => panic!("a batch over the declared maximum gave {other:?}"),
         }
         assert_eq!(
@@ -204,48 +169,36 @@ pub async fn large_batch<H: Harness>(harness: &H) {
     harness.cleanup(&ns).await;
 }
 
-/// Payloads up to the declared event size limit round-trip, whatever their bytes; one over it
-/// is refused whole. Without a declared limit, a 256 KiB event round-trips.
+/// Events of exactly the declared size limit (measured on the encoded event) round-trip,
+/// whatever their bytes; a batch with one event a byte over it is refused whole, with the
+/// limit and that event's size in the error. Without a declared limit, a 256 KiB event
+/// round-trips.
 pub async fn declared_limits<H: Harness>(harness: &H) {
     let ns = namespace();
     let store = harness.open(&ns).await;
     let aggregate = aggregate("limits");
     let max = store.capabilities().max_event_bytes;
-    let mut event = pages(0, 1, "")[0].clone();
-    let overhead = prost::Message::encoded_len(&event) + 8;
-    let fits = max.map_or(256 * 1024, |max| max.saturating_sub(overhead));
-    if let Some(payload) = event.payload.as_mut() {
-        payload.value = (0..fits).map(|i| (i * 31 % 256) as u8).collect();
-    }
-    let append = Append {
-        expected_sequence: 0,
-        events: vec![event.clone()],
-        request_id: None,
-    };
+    let event = state_machine::event_of_size(0, max.unwrap_or(256 * 1024));
     store
-        .append(&aggregate, append)
+        .append(&aggregate, Append::new(0, vec![event.clone()]))
         .await
-        .expect("an event within the limit");
+        .expect("an event of exactly the size limit");
     assert_eq!(
         store.read_all(&aggregate).await.expect("read it back"),
         vec![event.clone()]
     );
     if let Some(max) = max {
-        event.sequence = 1;
-        if let Some(payload) = event.payload.as_mut() {
-            payload.value = vec![7; max + 1];
-        }
-        let second = pages(1, 1, "fits")[0].clone();
-        let append = Append {
-            expected_sequence: 1,
-            events: vec![second, event],
-            request_id: None,
-        };
+        // The oversized event comes second, with the right sequence: a store must check
+        // every event, and its sequences are no excuse.
+        let fits = pages(1, 1, "fits");
+        let oversized = state_machine::event_of_size(2, max + 1);
+        let append = Append::new(1, [fits, vec![oversized]].concat());
         match store.append(&aggregate, append).await {
             Err(EventStoreError::LimitExceeded {
                 limit: Limit::EventBytes,
-                ..
-            }) => {}
+                max: refused_at,
+                actual,
+            }) => assert_eq!((refused_at, actual), (max, max + 1), "the limit error"),
             other => panic!("an event over the declared size gave {other:?}"),
         }
         assert_eq!(
@@ -272,7 +225,7 @@ pub async fn domain_names<H: Harness>(harness: &H) {
     let append = Append {
         expected_sequence: 0,
         events: pages(0, 1, "neighbour"),
-        request_id: None,
+        request: None,
     };
     store
         .append(&neighbour, append)
@@ -286,7 +239,7 @@ pub async fn domain_names<H: Harness>(harness: &H) {
         Just("a:".to_owned()),
         Just("a#".to_owned()),
     ];
-    let mut runner = state_machine::runner(256);
+    let (mut runner, seed) = state_machine::runner(256);
     let accepted = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let neighbour_len = std::cell::Cell::new(1u64);
     let result = runner.run(&names, |name| {
@@ -303,7 +256,7 @@ pub async fn domain_names<H: Harness>(harness: &H) {
                 let append = Append {
                     expected_sequence: next,
                     events: events.clone(),
-                    request_id: None,
+                    request: None,
                 };
                 store.append(&aggregate, append).await.map_err(fail)?;
                 let stream = store.read_all(&aggregate).await.map_err(fail)?;
@@ -324,7 +277,7 @@ pub async fn domain_names<H: Harness>(harness: &H) {
         })
     });
     if let Err(failure) = result {
-        panic!("domain names: {failure}");
+        panic!("domain names: {failure}\n(replay this run with ANGZARR_SUITE_SEED={seed})");
     }
     let mut accepted = accepted.into_inner();
     accepted.insert(neighbour.domain().clone());
@@ -339,66 +292,72 @@ pub async fn domain_names<H: Harness>(harness: &H) {
 }
 
 /// A persistent store, dropped and reopened, holds exactly what it held: every event and
-/// snapshot, byte for byte. (The state machine also reopens stores at random points.)
+/// snapshot byte for byte, the request and correlation indexes, the roots and domains. (The
+/// state machine also reopens stores at random points.)
 pub async fn reopen_keeps_everything<H: Harness>(harness: &H) {
     if !harness.persistent() {
         return;
     }
     let ns = namespace();
     let store = harness.open(&ns).await;
-    let aggregates: Vec<AggregateId> = (0..5).map(|_| aggregate("reopen")).collect();
+    let domain = Domain::new("reopen").expect("valid domain");
+    let aggregates: Vec<AggregateId> = (1..=5u128)
+        .map(|root| AggregateId::new(domain.clone(), Uuid::from_u128(root)).expect("non-nil"))
+        .collect();
     for (index, aggregate) in aggregates.iter().enumerate() {
-        let append = Append {
-            expected_sequence: 0,
-            events: pages(0, index + 1, "before"),
-            request_id: None,
-        };
+        let request = RequestKey::new(format!("r{index}"), [index as u8; 32]);
+        let append = Append::new(0, pages(0, index + 1, "before")).with_request(request);
         store
             .append(aggregate, append)
             .await
             .expect("append before reopening");
         let snapshot = Snapshot {
             sequence: index as u64,
-            state: Some(packed("state", vec![index as u8; 3])),
+            state: (index % 2 == 0).then(|| packed("state", vec![index as u8; 3])),
         };
         SnapshotStore::put(&store, aggregate, snapshot)
             .await
             .expect("put a snapshot");
     }
-    let mut before = Vec::new();
-    for aggregate in &aggregates {
-        let snapshot = SnapshotStore::get(&store, aggregate)
-            .await
-            .expect("get a snapshot");
-        before.push((store.read_all(aggregate).await.expect("read"), snapshot));
-    }
+    let before = everything(&store, &aggregates, &domain).await;
     drop(store);
     let store = harness.open(&ns).await;
-    for (aggregate, before) in aggregates.iter().zip(before) {
-        let snapshot = SnapshotStore::get(&store, aggregate)
-            .await
-            .expect("get a snapshot after reopening");
-        let after = (
-            store
-                .read_all(aggregate)
-                .await
-                .expect("read after reopening"),
-            snapshot,
-        );
-        assert_eq!(after, before, "{aggregate} changed across a reopen");
-        let next = after.0.len() as u64;
-        let append = Append {
-            expected_sequence: next,
-            events: pages(next, 1, "after"),
-            request_id: None,
-        };
+    let after = everything(&store, &aggregates, &domain).await;
+    assert_eq!(after, before, "the store changed across a reopen");
+    for aggregate in &aggregates {
+        let next = store.next_sequence(aggregate).await.expect("next sequence");
         store
-            .append(aggregate, append)
+            .append(aggregate, Append::new(next, pages(next, 1, "after")))
             .await
             .expect("append after reopening continues the stream");
     }
     drop(store);
     harness.cleanup(&ns).await;
+}
+
+/// Every observable part of `aggregates`, read back, for comparing before and after a reopen.
+async fn everything<S: EventStore + SnapshotStore>(
+    store: &S,
+    aggregates: &[AggregateId],
+    domain: &Domain,
+) -> String {
+    let mut seen = Vec::new();
+    for (index, aggregate) in aggregates.iter().enumerate() {
+        seen.push(format!("{:?}", store.read_all(aggregate).await));
+        seen.push(format!("{:?}", store.next_sequence(aggregate).await));
+        seen.push(format!("{:?}", SnapshotStore::get(store, aggregate).await));
+        let request = format!("r{index}");
+        seen.push(format!(
+            "{:?}",
+            store.find_by_request(aggregate, &request).await
+        ));
+    }
+    seen.push(format!("{:?}", store.find_by_correlation("before").await));
+    for limit in [1, 2, 10] {
+        seen.push(format!("{:?}", store.list_roots(domain, None, limit).await));
+    }
+    seen.push(format!("{:?}", store.list_domains().await));
+    seen.join("\n")
 }
 
 fn fail(error: EventStoreError) -> TestCaseError {

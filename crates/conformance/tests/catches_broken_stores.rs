@@ -1,54 +1,173 @@
 //! The suite must fail stores that break the contract: each mutant below is the model with one
-//! plausible bug, and the state machine has to notice it.
+//! plausible bug, one for every port method and index, and the suite has to notice it, for the
+//! right reason, in every run at the default case count (a bug caught in half of the runs is a
+//! bug let through). The concurrency mutants are in `catches_racy_stores.rs`.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
 
 use angzarr_conformance::{Harness, properties};
 use angzarr_ports::{
-    AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
-    SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities, Uuid,
-    async_trait,
+    AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError, Limit,
+    RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities,
+    Uuid, async_trait, validate_append,
 };
 use angzarr_store_memory::MemoryStore;
+use prost_types::Any;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Bug {
     /// Reads ignore the end of the range.
     IgnoresRangeEnd,
+    /// A sequence of 2^63 or more, cast to a signed 64-bit column, wraps: a read from there
+    /// starts at 0.
+    ReadWrapsHugeSequences,
     /// Only the first event of a batch is kept: the append is not atomic.
     KeepsFirstEventOnly,
     /// Domains are folded to lower case when keys are built.
     CaseInsensitiveDomains,
-    /// Root listings ignore the page cursor.
-    ListRootsIgnoresAfter,
-    /// Snapshot overwrites are lost.
-    KeepsFirstSnapshot,
     /// An expected sequence ahead of the stream is accepted.
     AcceptsFutureSequence,
+    /// A conflict names the expected sequence as the actual one.
+    WrongActualInConflict,
+    /// The next sequence is the largest sequence (`SELECT max(sequence)` without the + 1).
+    NextSequenceIsLastSequence,
+    /// Times are kept to the microsecond, as in a PostgreSQL `timestamptz`.
+    CreatedAtInMicroseconds,
+    /// Times before 1970 are stored as 1970.
+    CreatedAtBefore1970Clamped,
+    /// Root listings ignore the page cursor.
+    ListRootsIgnoresAfter,
+    /// Root listings return one root more than asked.
+    ListRootsOneTooMany,
+    /// Domains are listed through a case-insensitive DISTINCT: `Account` hides `account`.
+    ListDomainsCaseInsensitive,
+    /// Correlation ids are matched with SQL LIKE: `%` and `_` are wildcards.
+    CorrelationMatchedWithLike,
+    /// Correlation ids are matched by prefix.
+    CorrelationMatchedByPrefix,
+    /// Correlation ids are compared under a case-folding collation.
+    CorrelationCaseInsensitive,
+    /// Request ids are compared under a case-folding collation.
+    RequestIdsCaseInsensitive,
+    /// Request ids are kept in a column three characters wide.
+    RequestIdsTruncated,
+    /// The request index is keyed by root alone: a lookup finds the request id of another
+    /// domain's aggregate with the same root.
+    RequestIndexIgnoresDomain,
+    /// The command digest stored with a request id is lost.
+    RequestDigestLost,
+    /// Snapshot overwrites are lost.
+    KeepsFirstSnapshot,
+    /// Deleting a snapshot does nothing.
+    SnapshotDeleteIsNoop,
+    /// A snapshot without state comes back with an empty one.
+    UnsetSnapshotStateBecomesEmpty,
+    /// Snapshot states are cut at 64 KiB.
+    SnapshotsTruncatedAt64KiB,
+    /// A batch exactly as long as the declared limit is refused (`>=` for `>`).
+    BatchLimitOffByOne,
+    /// The event size limit is checked on the payload's bytes, not the encoded event.
+    EventSizeMeasuredOnPayload,
+    /// Snapshots over the declared limit are stored anyway.
+    SnapshotLimitIgnored,
+    /// After a reopen, the request index is empty.
+    LosesRequestIndexOnReopen,
+    /// After a reopen, snapshots are gone.
+    LosesSnapshotsOnReopen,
     /// The expected sequence is checked, then the events written, in two steps: racing
     /// writers can both pass the check.
     CheckThenWrite,
 }
 
+/// The limits of the limited harness, the same as the memory store's own suite runs with.
+const LIMITS: StoreCapabilities = StoreCapabilities::UNLIMITED
+    .with_max_batch_len(64)
+    .with_max_event_bytes(2_000)
+    .with_max_snapshot_bytes(200 * 1024);
+
 struct Mutant {
     bug: Bug,
+    /// Without limits: the mutant enforces `limits` itself.
     inner: MemoryStore,
+    limits: StoreCapabilities,
+    /// Whether this store value was opened over data written before.
+    reopened: bool,
 }
 
 impl Mutant {
+    fn has(&self, bug: Bug) -> bool {
+        self.bug == bug
+    }
+
     fn key(&self, aggregate: &AggregateId) -> AggregateId {
-        if self.bug != Bug::CaseInsensitiveDomains {
+        if !self.has(Bug::CaseInsensitiveDomains) {
             return aggregate.clone();
         }
         let domain = Domain::new(aggregate.domain().as_str().to_lowercase()).unwrap();
         AggregateId::new(domain, aggregate.root()).unwrap()
+    }
+
+    /// How the mutant spells a request id in its index.
+    fn request_key(&self, id: &str) -> String {
+        match self.bug {
+            Bug::RequestIdsCaseInsensitive => id.to_lowercase(),
+            Bug::RequestIdsTruncated => id.chars().take(3).collect(),
+            _ => id.to_owned(),
+        }
+    }
+
+    /// Every aggregate with events, in key order.
+    async fn aggregates(&self) -> Vec<AggregateId> {
+        let mut aggregates = Vec::new();
+        for domain in self.inner.list_domains().await.unwrap() {
+            for root in self.inner.list_roots(&domain, None, usize::MAX).await.unwrap() {
+                aggregates.push(AggregateId::new(domain.clone(), root).unwrap());
+            }
+        }
+        aggregates
+    }
+
+    /// A correlation lookup with a broken comparison.
+    async fn find_correlated(
+        &self,
+        id: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Vec<AggregateEvents> {
+        let mut groups = Vec::new();
+        for aggregate in self.aggregates().await {
+            let pages: Vec<EventPage> = self
+                .inner
+                .read(&aggregate, SequenceRange::ALL)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|page| !id.is_empty() && matches(&page.correlation_id))
+                .collect();
+            if !pages.is_empty() {
+                groups.push(AggregateEvents { aggregate, pages });
+            }
+        }
+        groups
+    }
+}
+
+/// SQL LIKE: `%` is any run of characters, `_` any one character.
+fn like(pattern: &[char], text: &[char]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some(('%', rest)) => (0..=text.len()).any(|skip| like(rest, &text[skip..])),
+        Some((p, rest)) => text
+            .split_first()
+            .is_some_and(|(t, text)| (*p == '_' || p == t) && like(rest, text)),
     }
 }
 
 #[async_trait]
 impl EventStore for Mutant {
     fn capabilities(&self) -> StoreCapabilities {
-        self.inner.capabilities()
+        self.limits.clone()
     }
 
     async fn append(
@@ -57,20 +176,52 @@ impl EventStore for Mutant {
         mut append: Append,
     ) -> Result<u64, EventStoreError> {
         let key = self.key(aggregate);
-        if self.bug == Bug::KeepsFirstEventOnly {
-            append.events.truncate(1);
+        // The inner store has no limits: the mutant checks them, as a real store would.
+        let mut limits = self.limits.clone();
+        if self.has(Bug::BatchLimitOffByOne) {
+            limits.max_batch_len = limits.max_batch_len.map(|max| max - 1);
         }
-        if self.bug == Bug::AcceptsFutureSequence {
-            let actual = self.inner.next_sequence(&key).await?;
-            if append.expected_sequence > actual && !append.events.is_empty() {
-                for (sequence, page) in (actual..).zip(&mut append.events) {
-                    page.sequence = sequence;
+        if self.has(Bug::EventSizeMeasuredOnPayload) {
+            if let Some(max) = limits.max_event_bytes.take() {
+                let payload_size =
+                    |page: &EventPage| page.payload.as_ref().map_or(0, |p| p.value.len());
+                if let Some(page) = append.events.iter().find(|page| payload_size(page) > max) {
+                    return Err(EventStoreError::LimitExceeded {
+                        limit: Limit::EventBytes,
+                        max,
+                        actual: payload_size(page),
+                    });
                 }
-                append.expected_sequence = actual;
             }
         }
-        if self.bug == Bug::CheckThenWrite {
-            let actual = self.inner.next_sequence(&key).await?;
+        validate_append(&append, &limits)?;
+        if let Some(request) = append.request.as_mut() {
+            request.id = self.request_key(&request.id);
+        }
+        for page in &mut append.events {
+            if let Some(created_at) = page.created_at.as_mut() {
+                if self.has(Bug::CreatedAtInMicroseconds) {
+                    created_at.nanos -= created_at.nanos % 1_000;
+                }
+                if self.has(Bug::CreatedAtBefore1970Clamped) && created_at.seconds < 0 {
+                    created_at.seconds = 0;
+                }
+            }
+        }
+        if self.has(Bug::KeepsFirstEventOnly) {
+            append.events.truncate(1);
+        }
+        let actual = self.inner.next_sequence(&key).await?;
+        if self.has(Bug::AcceptsFutureSequence)
+            && append.expected_sequence > actual
+            && !append.events.is_empty()
+        {
+            for (sequence, page) in (actual..).zip(&mut append.events) {
+                page.sequence = sequence;
+            }
+            append.expected_sequence = actual;
+        }
+        if self.has(Bug::CheckThenWrite) {
             if actual != append.expected_sequence {
                 return Err(EventStoreError::Conflict {
                     expected: append.expected_sequence,
@@ -84,7 +235,17 @@ impl EventStore for Mutant {
             }
             append.expected_sequence = end;
         }
-        self.inner.append(&key, append).await
+        match self.inner.append(&key, append).await {
+            Err(EventStoreError::Conflict { expected, .. })
+                if self.has(Bug::WrongActualInConflict) =>
+            {
+                Err(EventStoreError::Conflict {
+                    expected,
+                    actual: expected,
+                })
+            }
+            other => other,
+        }
     }
 
     async fn read(
@@ -92,14 +253,22 @@ impl EventStore for Mutant {
         aggregate: &AggregateId,
         mut range: SequenceRange,
     ) -> Result<Vec<EventPage>, EventStoreError> {
-        if self.bug == Bug::IgnoresRangeEnd {
+        if self.has(Bug::IgnoresRangeEnd) {
             range.to = None;
+        }
+        if self.has(Bug::ReadWrapsHugeSequences) && range.from > i64::MAX as u64 {
+            range.from = 0;
         }
         self.inner.read(&self.key(aggregate), range).await
     }
 
     async fn next_sequence(&self, aggregate: &AggregateId) -> Result<u64, EventStoreError> {
-        self.inner.next_sequence(&self.key(aggregate)).await
+        let next = self.inner.next_sequence(&self.key(aggregate)).await?;
+        Ok(if self.has(Bug::NextSequenceIsLastSequence) {
+            next.saturating_sub(1)
+        } else {
+            next
+        })
     }
 
     async fn list_roots(
@@ -108,40 +277,91 @@ impl EventStore for Mutant {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<Uuid>, EventStoreError> {
-        let after = if self.bug == Bug::ListRootsIgnoresAfter {
-            None
-        } else {
-            after
-        };
-        self.inner.list_roots(domain, after, limit).await
+        match self.bug {
+            Bug::ListRootsIgnoresAfter => self.inner.list_roots(domain, None, limit).await,
+            Bug::ListRootsOneTooMany => self.inner.list_roots(domain, after, limit + 1).await,
+            _ => self.inner.list_roots(domain, after, limit).await,
+        }
     }
 
     async fn list_domains(&self) -> Result<Vec<Domain>, EventStoreError> {
-        self.inner.list_domains().await
+        let mut domains = self.inner.list_domains().await?;
+        if self.has(Bug::ListDomainsCaseInsensitive) {
+            domains.dedup_by(|b, a| a.as_str().eq_ignore_ascii_case(b.as_str()));
+        }
+        Ok(domains)
     }
 
     async fn find_by_correlation(
         &self,
         correlation_id: &str,
     ) -> Result<Vec<AggregateEvents>, EventStoreError> {
-        self.inner.find_by_correlation(correlation_id).await
+        let id = correlation_id;
+        Ok(match self.bug {
+            Bug::CorrelationMatchedWithLike => {
+                let pattern: Vec<char> = id.chars().collect();
+                self.find_correlated(id, |stored| {
+                    like(&pattern, &stored.chars().collect::<Vec<_>>())
+                })
+                .await
+            }
+            Bug::CorrelationMatchedByPrefix => {
+                self.find_correlated(id, |stored| stored.starts_with(id)).await
+            }
+            Bug::CorrelationCaseInsensitive => {
+                self.find_correlated(id, |stored| stored.to_lowercase() == id.to_lowercase())
+                    .await
+            }
+            _ => self.inner.find_by_correlation(id).await?,
+        })
     }
 
     async fn find_by_request(
         &self,
         aggregate: &AggregateId,
         request_id: &str,
-    ) -> Result<Vec<EventPage>, EventStoreError> {
-        self.inner
-            .find_by_request(&self.key(aggregate), request_id)
-            .await
+    ) -> Result<Option<RequestRecord>, EventStoreError> {
+        if self.reopened && self.has(Bug::LosesRequestIndexOnReopen) {
+            return Ok(None);
+        }
+        let id = self.request_key(request_id);
+        let mut found = self.inner.find_by_request(&self.key(aggregate), &id).await?;
+        if self.has(Bug::RequestIndexIgnoresDomain) && found.is_none() {
+            for domain in self.inner.list_domains().await? {
+                let other = AggregateId::new(domain, aggregate.root()).unwrap();
+                found = self.inner.find_by_request(&other, &id).await?;
+                if found.is_some() {
+                    break;
+                }
+            }
+        }
+        if self.has(Bug::RequestDigestLost) {
+            if let Some(record) = found.as_mut() {
+                record.digest = None;
+            }
+        }
+        Ok(found)
     }
 }
 
 #[async_trait]
 impl SnapshotStore for Mutant {
     async fn get(&self, aggregate: &AggregateId) -> Result<Option<Snapshot>, SnapshotStoreError> {
-        SnapshotStore::get(&self.inner, aggregate).await
+        if self.reopened && self.has(Bug::LosesSnapshotsOnReopen) {
+            return Ok(None);
+        }
+        let snapshot = SnapshotStore::get(&self.inner, aggregate).await?;
+        Ok(snapshot.map(|mut snapshot| {
+            if self.has(Bug::UnsetSnapshotStateBecomesEmpty) && snapshot.state.is_none() {
+                snapshot.state = Some(Any::default());
+            }
+            if self.has(Bug::SnapshotsTruncatedAt64KiB) {
+                if let Some(state) = snapshot.state.as_mut() {
+                    state.value.truncate(64 * 1024);
+                }
+            }
+            snapshot
+        }))
     }
 
     async fn put(
@@ -149,45 +369,86 @@ impl SnapshotStore for Mutant {
         aggregate: &AggregateId,
         snapshot: Snapshot,
     ) -> Result<(), SnapshotStoreError> {
-        if self.bug == Bug::KeepsFirstSnapshot
+        if self.has(Bug::KeepsFirstSnapshot)
             && SnapshotStore::get(&self.inner, aggregate).await?.is_some()
         {
             return Ok(());
+        }
+        if !self.has(Bug::SnapshotLimitIgnored) {
+            self.limits.check_snapshot(&snapshot)?;
         }
         SnapshotStore::put(&self.inner, aggregate, snapshot).await
     }
 
     async fn delete(&self, aggregate: &AggregateId) -> Result<(), SnapshotStoreError> {
+        if self.has(Bug::SnapshotDeleteIsNoop) {
+            return Ok(());
+        }
         SnapshotStore::delete(&self.inner, aggregate).await
     }
 }
 
-struct MutantHarness(Bug);
+/// Mutant stores of one bug: with the limits above or none, and persistent (namespaces kept
+/// in memory for the life of the harness) or not.
+struct MutantHarness {
+    bug: Bug,
+    limited: bool,
+    persistent: bool,
+    namespaces: Mutex<HashMap<String, MemoryStore>>,
+}
+
+impl MutantHarness {
+    fn new(bug: Bug) -> Self {
+        use Bug::*;
+        Self {
+            bug,
+            limited: matches!(
+                bug,
+                BatchLimitOffByOne | EventSizeMeasuredOnPayload | SnapshotLimitIgnored
+            ),
+            persistent: matches!(bug, LosesRequestIndexOnReopen | LosesSnapshotsOnReopen),
+            namespaces: Mutex::default(),
+        }
+    }
+}
 
 #[async_trait]
 impl Harness for MutantHarness {
     type Store = Mutant;
 
-    async fn open(&self, _namespace: &str) -> Mutant {
+    async fn open(&self, namespace: &str) -> Mutant {
+        let mut namespaces = self.namespaces.lock().unwrap();
+        let existing = namespaces.get(namespace).filter(|_| self.persistent);
+        let reopened = existing.is_some();
+        let inner = existing
+            .cloned()
+            .unwrap_or_default();
+        namespaces.insert(namespace.to_owned(), inner.clone());
         Mutant {
-            bug: self.0,
-            inner: MemoryStore::new(),
+            bug: self.bug,
+            inner,
+            limits: if self.limited {
+                LIMITS
+            } else {
+                StoreCapabilities::UNLIMITED
+            },
+            reopened,
         }
     }
 
     fn persistent(&self) -> bool {
-        false
+        self.persistent
     }
 
-    fn cases(&self) -> u32 {
-        256
+    async fn cleanup(&self, namespace: &str) {
+        self.namespaces.lock().unwrap().remove(namespace);
     }
 }
 
 /// Whether running `property` against a store with `bug` panics with `expected` in its message.
 fn caught<F: AsyncFnOnce(&MutantHarness)>(bug: Bug, property: F, expected: &str) -> bool {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        angzarr_conformance::run(MutantHarness(bug), property)
+        angzarr_conformance::run(MutantHarness::new(bug), property)
     }));
     let Err(panic) = outcome else { return false };
     let message = panic
@@ -202,21 +463,76 @@ fn caught<F: AsyncFnOnce(&MutantHarness)>(bug: Bug, property: F, expected: &str)
     true
 }
 
+/// Every mutant the state machine alone must catch, run after run.
+const STATE_MACHINE_CATCHES: [Bug; 28] = [
+    Bug::IgnoresRangeEnd,
+    Bug::ReadWrapsHugeSequences,
+    Bug::KeepsFirstEventOnly,
+    Bug::CaseInsensitiveDomains,
+    Bug::AcceptsFutureSequence,
+    Bug::WrongActualInConflict,
+    Bug::NextSequenceIsLastSequence,
+    Bug::CreatedAtInMicroseconds,
+    Bug::CreatedAtBefore1970Clamped,
+    Bug::ListRootsIgnoresAfter,
+    Bug::ListRootsOneTooMany,
+    Bug::ListDomainsCaseInsensitive,
+    Bug::CorrelationMatchedWithLike,
+    Bug::CorrelationMatchedByPrefix,
+    Bug::CorrelationCaseInsensitive,
+    Bug::RequestIdsCaseInsensitive,
+    Bug::RequestIdsTruncated,
+    Bug::RequestIndexIgnoresDomain,
+    Bug::RequestDigestLost,
+    Bug::KeepsFirstSnapshot,
+    Bug::SnapshotDeleteIsNoop,
+    Bug::UnsetSnapshotStateBecomesEmpty,
+    Bug::SnapshotsTruncatedAt64KiB,
+    Bug::BatchLimitOffByOne,
+    Bug::EventSizeMeasuredOnPayload,
+    Bug::SnapshotLimitIgnored,
+    Bug::LosesRequestIndexOnReopen,
+    Bug::LosesSnapshotsOnReopen,
+];
+
 #[test]
 fn the_state_machine_fails_every_mutant() {
-    let bugs = [
-        Bug::IgnoresRangeEnd,
-        Bug::KeepsFirstEventOnly,
-        Bug::CaseInsensitiveDomains,
-        Bug::ListRootsIgnoresAfter,
-        Bug::KeepsFirstSnapshot,
-        Bug::AcceptsFutureSequence,
+    let passed: Vec<Bug> = STATE_MACHINE_CATCHES
+        .into_iter()
+        .filter(|bug| {
+            let property = async |harness: &MutantHarness| properties::state_machine(harness).await;
+            !caught(*bug, property, "disagrees with the model")
+        })
+        .collect();
+    assert!(passed.is_empty(), "the suite passed stores with the bugs {passed:?}");
+}
+
+#[test]
+fn the_limit_properties_fail_stores_that_misjudge_their_limits() {
+    let mutants = [
+        (Bug::BatchLimitOffByOne, "append a large batch"),
+        (Bug::EventSizeMeasuredOnPayload, "an event over the declared size"),
     ];
-    for bug in bugs {
-        let property = async |harness: &MutantHarness| properties::state_machine(harness).await;
+    for (bug, reason) in mutants {
+        let property = async |harness: &MutantHarness| {
+            properties::large_batch(harness).await;
+            properties::declared_limits(harness).await;
+        };
         assert!(
-            caught(bug, property, "disagrees with the model"),
-            "the suite passed a store with the bug {bug:?}"
+            caught(bug, property, reason),
+            "the limit properties passed a store with the bug {bug:?}"
+        );
+    }
+}
+
+#[test]
+fn the_reopen_property_fails_stores_that_lose_data_on_reopen() {
+    for bug in [Bug::LosesRequestIndexOnReopen, Bug::LosesSnapshotsOnReopen] {
+        let property =
+            async |harness: &MutantHarness| properties::reopen_keeps_everything(harness).await;
+        assert!(
+            caught(bug, property, "changed across a reopen"),
+            "the reopen property passed a store with the bug {bug:?}"
         );
     }
 }

@@ -40,8 +40,16 @@ impl HistoryCache {
         }
     }
 
-    pub(crate) fn enabled(&self) -> bool {
-        self.budget > 0
+    /// Whether [`Self::insert`] would keep `history`: the gateway copies a history to cache
+    /// only if so.
+    pub(crate) fn would_keep(&self, history: &LoadedAggregate) -> bool {
+        weight(history) <= self.largest_entry()
+    }
+
+    /// One long history must not push every other entry out: none weighs over an eighth of the
+    /// budget (so a budget under 8 keeps nothing).
+    fn largest_entry(&self) -> usize {
+        self.budget / 8
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -63,8 +71,7 @@ impl HistoryCache {
     pub(crate) fn insert(&self, aggregate: &AggregateId, history: LoadedAggregate) {
         let added = weight(&history);
         let mut state = self.state();
-        // One long history must not push every other entry out.
-        if added > self.budget / 8 {
+        if added > self.largest_entry() {
             if let Some(replaced) = state.entries.remove(aggregate) {
                 state.weight -= weight(&replaced);
             }
@@ -134,7 +141,20 @@ mod tests {
         let cache = HistoryCache::new(0);
         let id = aggregate();
         cache.insert(&id, history(0));
-        assert!(!cache.enabled() && cache.take(&id).is_none());
+        assert!(!cache.would_keep(&history(0)) && cache.take(&id).is_none());
+    }
+
+    #[test]
+    fn a_budget_under_eight_keeps_nothing_and_says_so() {
+        for budget in 1..8 {
+            let cache = HistoryCache::new(budget);
+            let id = aggregate();
+            assert!(!cache.would_keep(&history(0)), "budget {budget}");
+            cache.insert(&id, history(0));
+            assert!(cache.take(&id).is_none(), "budget {budget}");
+        }
+        let cache = HistoryCache::new(8);
+        assert!(cache.would_keep(&history(0)) && !cache.would_keep(&history(1)));
     }
 
     #[test]

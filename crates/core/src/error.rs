@@ -1,4 +1,4 @@
-use angzarr_ports::{ClientLogicError, EventStoreError, IdError, Limit};
+use angzarr_ports::{ClientLogicError, EventStoreError, IdError, Limit, SnapshotStoreError};
 
 /// Why a command did not produce its events. Every variant means nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,16 @@ pub enum CommandError {
         /// The aggregate's actual next sequence.
         actual: u64,
     },
+    /// The command's `request_id` already produced events for a different command. The first
+    /// command's outcome stands; send this one with a request id of its own.
+    #[error(
+        "request_id {request_id:?} was already used for a different command on this aggregate; \
+         use a new request_id for a new command"
+    )]
+    RequestIdReused {
+        /// The reused id.
+        request_id: String,
+    },
     /// The client logic returned events the framework will not store (wrong sequences,
     /// missing payloads): a bug in the logic.
     #[error("client logic returned invalid events: {0}")]
@@ -43,6 +53,10 @@ pub enum CommandError {
     /// The event store failed.
     #[error(transparent)]
     Store(EventStoreError),
+    /// The aggregate's snapshot is ahead of its events and could not be deleted: deciding on
+    /// it could be wrong, so nothing is decided until the snapshot store lets it go.
+    #[error("the aggregate's snapshot is ahead of its events and could not be deleted: {0}")]
+    SnapshotAhead(#[source] SnapshotStoreError),
 }
 
 impl From<IdError> for CommandError {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use angzarr_ports::{
-    AggregateId, Append, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreError,
-    EventStoreExt, SnapshotStore, StoreCapabilities,
+    AggregateId, Append, ClientLogic, ClientLogicError, CommandDigest, Domain, EventStore,
+    EventStoreError, EventStoreExt, RequestKey, SnapshotStore, StoreCapabilities,
 };
+use sha2::{Digest, Sha256};
 use angzarr_proto::v1::{
     BusinessReply, CommandBook, CommandResponse, ContextualCommand, Cover, EventBook, EventPage,
     EventsEmitted, Snapshot, business_reply::Outcome,
@@ -161,8 +162,11 @@ impl Gateway {
 
     /// Loads `aggregate`: its latest snapshot and the events after it.
     ///
-    /// A snapshot store that fails, or a snapshot ahead of the events, is treated as no
-    /// snapshot (a snapshot is only a cache); an event store that fails is an error.
+    /// A snapshot is only a cache. A snapshot store that fails, or a snapshot without state,
+    /// is treated as no snapshot. A snapshot ahead of the events (its events were lost, or it
+    /// was written elsewhere) is deleted, since events appended later would otherwise reach
+    /// its sequence and make it look valid; if it cannot be deleted the load fails rather
+    /// than risk that. An event store that fails is an error.
     pub async fn load(&self, aggregate: &AggregateId) -> Result<LoadedAggregate, CommandError> {
         let snapshot = match self.inner.snapshots.get(aggregate).await {
             Ok(snapshot) => snapshot,
@@ -171,33 +175,50 @@ impl Gateway {
                 None
             }
         };
-        let Some((snapshot, from)) = snapshot.and_then(|snapshot| {
-            let from = snapshot.sequence.checked_add(1)?;
-            Some((snapshot, from))
-        }) else {
+        let Some(snapshot) = snapshot else {
             return self.load_events_only(aggregate).await;
         };
-        let pages = self.inner.events.read_from(aggregate, from).await?;
-        if let Some(last) = pages.last() {
-            let next_sequence = last.sequence + 1;
-            return Ok(LoadedAggregate {
-                snapshot: Some(snapshot),
-                pages,
-                next_sequence,
-            });
-        }
-        // Nothing after the snapshot: make sure the events reach it, or the aggregate would
-        // be decided, and appended to, past the end of its stream.
-        let next_sequence = self.inner.events.next_sequence(aggregate).await?;
-        if next_sequence != from {
-            tracing::warn!(%aggregate, snapshot = snapshot.sequence, next_sequence, "ignoring a snapshot ahead of the events");
+        if snapshot.state.is_none() {
+            tracing::warn!(%aggregate, snapshot = snapshot.sequence, "ignoring a snapshot without state, replaying every event");
             return self.load_events_only(aggregate).await;
         }
+        let Some(from) = snapshot.sequence.checked_add(1) else {
+            return self.discard_snapshot_ahead(aggregate, &snapshot).await;
+        };
+        let mut pages = self.inner.events.read_from(aggregate, from).await?;
+        if pages.is_empty() {
+            // Nothing after the snapshot: make sure the events reach it, or the aggregate would
+            // be decided, and appended to, past the end of its stream.
+            let next_sequence = self.inner.events.next_sequence(aggregate).await?;
+            if next_sequence < from {
+                return self.discard_snapshot_ahead(aggregate, &snapshot).await;
+            }
+            if next_sequence > from {
+                // Another process appended in between: read what it wrote.
+                pages = self.inner.events.read_from(aggregate, from).await?;
+            }
+        }
+        let next_sequence = pages.last().map_or(from, |last| last.sequence + 1);
         Ok(LoadedAggregate {
             snapshot: Some(snapshot),
             pages,
             next_sequence,
         })
+    }
+
+    /// Deletes a snapshot found ahead of the events, then loads the events alone.
+    async fn discard_snapshot_ahead(
+        &self,
+        aggregate: &AggregateId,
+        snapshot: &Snapshot,
+    ) -> Result<LoadedAggregate, CommandError> {
+        tracing::warn!(%aggregate, snapshot = snapshot.sequence, "deleting a snapshot ahead of the events");
+        self.inner
+            .snapshots
+            .delete(aggregate)
+            .await
+            .map_err(CommandError::SnapshotAhead)?;
+        self.load_events_only(aggregate).await
     }
 
     async fn load_events_only(
@@ -228,6 +249,10 @@ impl Gateway {
         if cover.correlation_id.is_empty() {
             cover.correlation_id = uuid::Uuid::new_v4().to_string();
         }
+        // Stored in canonical form whatever the spelling: the logic and the answer see that form.
+        if let Ok(root) = uuid::Uuid::try_parse(&cover.root) {
+            cover.root = root.to_string();
+        }
         let span = tracing::info_span!(
             "command",
             domain = %cover.domain,
@@ -244,33 +269,43 @@ impl Gateway {
             .logic
             .get(aggregate.domain())
             .ok_or_else(|| CommandError::UnknownDomain(aggregate.domain().to_string()))?;
+        let request = (!command.request_id.is_empty())
+            .then(|| RequestKey::new(command.request_id.clone(), command_digest(&command)));
+        let command = Command {
+            book: &command,
+            request: request.as_ref(),
+        };
         let _one_at_a_time = self.inner.locks.lock(&aggregate).await;
-        let mut retries_left = if command.retry_on_conflict {
+        let mut retries_left = if command.book.retry_on_conflict {
             self.inner.config.max_conflict_retries
         } else {
             0
         };
-        let mut trust_cache = true;
+        let mut source = Source::Cache;
         loop {
             match self
-                .attempt(&aggregate, logic.as_ref(), &command, trust_cache)
+                .attempt(&aggregate, logic.as_ref(), command, source)
                 .await
             {
                 Attempt::Done(result) => return result,
-                // Decided on a cached history that another process had moved past: the
-                // command never saw the current state, so this is no lost race. Decide again.
-                Attempt::StaleCache => tracing::debug!("the cached history was stale, reloading"),
+                // The command never saw the current state, so this is no lost race: decide
+                // again on a fresh load.
+                Attempt::StaleCache => {
+                    tracing::debug!("the cached history was stale, reloading");
+                    source = Source::Store;
+                }
+                Attempt::SnapshotUnusable => source = Source::EventsOnly,
                 Attempt::LostRace { expected, actual } if retries_left > 0 => {
                     tracing::debug!(expected, actual, retries_left, "lost a race, reloading");
                     retries_left -= 1;
                     let lost = self.inner.config.max_conflict_retries - retries_left;
                     tokio::time::sleep(backoff(lost)).await;
+                    source = Source::Store;
                 }
                 Attempt::LostRace { expected, actual } => {
                     return Err(CommandError::Conflict { expected, actual });
                 }
             }
-            trust_cache = false;
         }
     }
 
@@ -302,29 +337,40 @@ impl Gateway {
         Ok(aggregate)
     }
 
+    /// Where an attempt gets the aggregate's history from.
+    async fn history(
+        &self,
+        aggregate: &AggregateId,
+        source: Source,
+    ) -> Result<(LoadedAggregate, bool), CommandError> {
+        if source == Source::Cache {
+            // Taken out rather than copied: if this attempt fails, or its future is dropped,
+            // the entry is gone and the next command reloads from the store.
+            if let Some(cached) = self.inner.cache.take(aggregate) {
+                return Ok((cached, true));
+            }
+        }
+        let loaded = if source == Source::EventsOnly {
+            self.load_events_only(aggregate).await?
+        } else {
+            self.load(aggregate).await?
+        };
+        Ok((loaded, false))
+    }
+
     /// One round of load, decide and append.
     async fn attempt(
         &self,
         aggregate: &AggregateId,
         logic: &dyn ClientLogic,
-        command: &CommandBook,
-        trust_cache: bool,
+        command: Command<'_>,
+        source: Source,
     ) -> Attempt {
-        // Taken out rather than copied: if this attempt fails, or its future is dropped, the
-        // entry is gone and the next command reloads from the store.
-        let cached = if trust_cache {
-            self.inner.cache.take(aggregate)
-        } else {
-            None
+        let (history, from_cache) = match self.history(aggregate, source).await {
+            Ok(loaded) => loaded,
+            Err(error) => return Attempt::Done(Err(error)),
         };
-        let from_cache = cached.is_some();
-        let history = match cached {
-            Some(history) => history,
-            None => match self.load(aggregate).await {
-                Ok(history) => history,
-                Err(error) => return Attempt::Done(Err(error)),
-            },
-        };
+        let next_sequence = history.next_sequence;
         // Looked up after loading: a first attempt that appended before the load is found
         // here, and one that appends after it makes our append conflict, and we look again.
         match self.replay(aggregate, command).await {
@@ -332,8 +378,8 @@ impl Gateway {
             Ok(Some(replay)) => return Attempt::Done(Ok(replay)),
             Err(error) => return Attempt::Done(Err(error)),
         }
-        let next_sequence = history.next_sequence;
         if let Some(expected) = command
+            .book
             .expected_sequence
             .filter(|expected| *expected != next_sequence)
         {
@@ -346,18 +392,30 @@ impl Gateway {
                 actual: next_sequence,
             }));
         }
-        let kept = self.inner.cache.enabled().then(|| history.clone());
-        let cover = command.cover.clone();
+        let kept = self.inner.cache.would_keep(&history).then(|| history.clone());
+        let had_snapshot = history.snapshot.is_some();
+        let cover = command.book.cover.clone();
         let contextual = ContextualCommand {
             events: Some(EventBook {
                 cover: cover.clone(),
                 snapshot: history.snapshot,
                 pages: history.pages,
             }),
-            command: Some(command.clone()),
+            command: Some(command.book.clone()),
         };
         let decided = match logic.handle(contextual).await {
             Ok(reply) => accepted_events(reply),
+            Err(
+                error @ (ClientLogicError::InvalidSnapshot(_) | ClientLogicError::InvalidHistory(_)),
+            ) if had_snapshot => {
+                // A snapshot is only a cache: one the logic cannot read is dropped, and the
+                // events replayed.
+                tracing::warn!(%aggregate, %error, "the logic could not use the snapshot, deleting it and replaying every event");
+                if let Err(error) = self.inner.snapshots.delete(aggregate).await {
+                    tracing::warn!(%aggregate, %error, "could not delete the unusable snapshot");
+                }
+                return Attempt::SnapshotUnusable;
+            }
             Err(error) => Err(error.into()),
         };
         let EventsEmitted {
@@ -370,6 +428,13 @@ impl Gateway {
                 if from_cache && self.is_stale(aggregate, next_sequence).await {
                     return Attempt::StaleCache;
                 }
+                // A first attempt elsewhere may have appended since this one looked: its
+                // outcome, not this decision on an older state, is the answer.
+                match self.replay(aggregate, command).await {
+                    Ok(None) => {}
+                    Ok(Some(replay)) => return Attempt::Done(Ok(replay)),
+                    Err(error) => return Attempt::Done(Err(error)),
+                }
                 if let Some(kept) = kept {
                     self.inner.cache.insert(aggregate, kept);
                 }
@@ -379,19 +444,23 @@ impl Gateway {
         if let Err(error) = self.check_events(&mut pages, next_sequence, cover.as_ref()) {
             return Attempt::Done(Err(error));
         }
-        let request_id = (!command.request_id.is_empty()).then(|| command.request_id.clone());
         let written = pages.clone();
         let append = Append {
             expected_sequence: next_sequence,
             events: pages,
-            request_id,
+            request: command.request.cloned(),
         };
         match self.inner.events.append(aggregate, append).await {
             Ok(_) => {}
             Err(EventStoreError::Conflict { expected, actual }) => {
                 return match self.replay(aggregate, command).await {
                     Ok(Some(replay)) => Attempt::Done(Ok(replay)),
-                    Ok(None) if from_cache => Attempt::StaleCache,
+                    // The rule of the proto's `retry_on_conflict`: the command was decided on a
+                    // state another writer has moved past, whether that state was loaded or
+                    // cached, so without retries it fails. With them, a stale cache costs none.
+                    Ok(None) if from_cache && command.book.retry_on_conflict => {
+                        Attempt::StaleCache
+                    }
                     Ok(None) => Attempt::LostRace { expected, actual },
                     Err(error) => Attempt::Done(Err(error)),
                 };
@@ -443,27 +512,36 @@ impl Gateway {
         }
     }
 
-    /// The first outcome of `command`'s request id, if it already appended events.
+    /// The first outcome of `command`'s request id, if it already appended events; an error if
+    /// they came from a different command.
     async fn replay(
         &self,
         aggregate: &AggregateId,
-        command: &CommandBook,
+        command: Command<'_>,
     ) -> Result<Option<CommandResponse>, CommandError> {
-        if command.request_id.is_empty() {
-            return Ok(None);
-        }
-        let pages = self
-            .inner
-            .events
-            .find_by_request(aggregate, &command.request_id)
-            .await?;
-        let Some(first) = pages.first() else {
+        let Some(request) = command.request else {
             return Ok(None);
         };
+        let Some(record) = self
+            .inner
+            .events
+            .find_by_request(aggregate, &request.id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // Events stored before digests were kept have none: they are taken as this command's.
+        if record.digest.is_some_and(|digest| digest != request.digest) {
+            return Err(CommandError::RequestIdReused {
+                request_id: request.id.clone(),
+            });
+        }
         // The first outcome's correlation id, not one assigned to this repetition.
-        let mut cover = command.cover.clone().unwrap_or_default();
-        cover.correlation_id.clone_from(&first.correlation_id);
-        Ok(Some(response(Some(cover), pages, true)))
+        let mut cover = command.book.cover.clone().unwrap_or_default();
+        if let Some(first) = record.pages.first() {
+            cover.correlation_id.clone_from(&first.correlation_id);
+        }
+        Ok(Some(response(Some(cover), record.pages, true)))
     }
 
     /// Checks the events the logic returned and stamps them with what the framework owns.
@@ -507,12 +585,55 @@ fn backoff(lost: u32) -> std::time::Duration {
     std::time::Duration::from_micros(random % (ceiling + 1))
 }
 
+/// A validated command and its request key.
+#[derive(Clone, Copy)]
+struct Command<'c> {
+    book: &'c CommandBook,
+    request: Option<&'c RequestKey>,
+}
+
+/// What identifies a command for its request id: its pages (by type name, whatever the type
+/// URL's prefix, and bytes) and its expected sequence. Not the correlation id, which a retry
+/// may leave for the gateway to assign again, nor `retry_on_conflict`.
+fn command_digest(book: &CommandBook) -> CommandDigest {
+    let mut hasher = Sha256::new();
+    match book.expected_sequence {
+        Some(expected) => {
+            hasher.update([1]);
+            hasher.update(expected.to_be_bytes());
+        }
+        None => hasher.update([0]),
+    }
+    for payload in book.pages.iter().filter_map(|page| page.payload.as_ref()) {
+        let type_name = payload.type_url.rsplit('/').next().unwrap_or_default();
+        // Length-prefixed, so that no two different commands hash the same bytes.
+        for part in [type_name.as_bytes(), payload.value.as_slice()] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// Where an attempt takes the history from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The history cache if it has the aggregate, else the stores.
+    Cache,
+    /// The snapshot and event stores.
+    Store,
+    /// The event store alone: the snapshot was unusable.
+    EventsOnly,
+}
+
 /// How one round of [`Gateway::execute`] ended.
 enum Attempt {
     /// The command's outcome.
     Done(Result<CommandResponse, CommandError>),
     /// Decided on a cached history that was not current: decide again on a fresh one.
     StaleCache,
+    /// The logic could not read the snapshot: decide again on the events alone.
+    SnapshotUnusable,
     /// Another writer appended between load and append.
     LostRace { expected: u64, actual: u64 },
 }

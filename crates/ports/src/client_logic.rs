@@ -14,6 +14,10 @@ pub enum ClientLogicError {
     /// The history handed to the logic cannot be understood (unknown event type...).
     #[error("invalid history: {0}")]
     InvalidHistory(String),
+    /// The snapshot handed to the logic cannot be understood (an older state layout...). The
+    /// core then deletes it and hands the logic every event instead.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
     /// The logic failed: a Python exception, a Go panic, a Rust panic, an error status.
     #[error("client logic failed: {0}")]
     Failed(String),

@@ -20,6 +20,10 @@ pub struct StoreCapabilities {
     pub max_batch_len: Option<usize>,
     /// The largest encoded [`EventPage`] the store accepts, in bytes; `None` for no limit.
     pub max_event_bytes: Option<usize>,
+    /// The largest encoded [`Snapshot`](angzarr_proto::v1::Snapshot) the store keeps, in
+    /// bytes; `None` for no limit. A larger one is refused with
+    /// [`SnapshotStoreError::LimitExceeded`](crate::SnapshotStoreError::LimitExceeded).
+    pub max_snapshot_bytes: Option<usize>,
     /// Appends to different aggregates have one total order that readers observe.
     pub global_order: bool,
 }
@@ -29,6 +33,7 @@ impl StoreCapabilities {
     pub const UNLIMITED: Self = Self {
         max_batch_len: None,
         max_event_bytes: None,
+        max_snapshot_bytes: None,
         global_order: false,
     };
 
@@ -42,6 +47,26 @@ impl StoreCapabilities {
     pub const fn with_max_event_bytes(mut self, bytes: usize) -> Self {
         self.max_event_bytes = Some(bytes);
         self
+    }
+
+    /// Sets [`Self::max_snapshot_bytes`].
+    pub const fn with_max_snapshot_bytes(mut self, bytes: usize) -> Self {
+        self.max_snapshot_bytes = Some(bytes);
+        self
+    }
+
+    /// Checks a snapshot against [`Self::max_snapshot_bytes`], as every store's `put` must.
+    pub fn check_snapshot(
+        &self,
+        snapshot: &angzarr_proto::v1::Snapshot,
+    ) -> Result<(), crate::SnapshotStoreError> {
+        let actual = prost::Message::encoded_len(snapshot);
+        match self.max_snapshot_bytes {
+            Some(max) if actual > max => {
+                Err(crate::SnapshotStoreError::LimitExceeded { max, actual })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Sets [`Self::global_order`].
@@ -134,9 +159,61 @@ pub struct Append {
     pub expected_sequence: u64,
     /// The events, with sequences `expected_sequence, expected_sequence + 1, ...`. At least one.
     pub events: Vec<EventPage>,
-    /// The idempotency key of the command that produced the events, stored with them so that
-    /// [`EventStore::find_by_request`] finds them.
-    pub request_id: Option<String>,
+    /// The idempotency key of the command that produced the events, and what that command
+    /// was, stored with them so that [`EventStore::find_by_request`] finds them.
+    pub request: Option<RequestKey>,
+}
+
+impl Append {
+    /// An append of `events` at `expected_sequence`, without a request key.
+    pub fn new(expected_sequence: u64, events: Vec<EventPage>) -> Self {
+        Self {
+            expected_sequence,
+            events,
+            request: None,
+        }
+    }
+
+    /// Sets [`Self::request`].
+    pub fn with_request(mut self, request: RequestKey) -> Self {
+        self.request = Some(request);
+        self
+    }
+}
+
+/// A digest of a command (SHA-256 in the core), stored with its request id so that the same id
+/// reused for a different command can be refused. Opaque to stores: they keep its bytes.
+pub type CommandDigest = [u8; 32];
+
+/// The request id of an append and the digest of the command it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    /// The idempotency key, unique per aggregate: an arbitrary string of up to 256 bytes (any
+    /// character, including separators and non-ASCII), so stores that put it in a key escape
+    /// or hash it.
+    pub id: String,
+    /// What the command was.
+    pub digest: CommandDigest,
+}
+
+impl RequestKey {
+    /// A request key.
+    pub fn new(id: impl Into<String>, digest: CommandDigest) -> Self {
+        Self {
+            id: id.into(),
+            digest,
+        }
+    }
+}
+
+/// What a store holds for one request id of one aggregate: see [`EventStore::find_by_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The digest stored with the events; `None` for events a store wrote before it kept
+    /// digests (the caller then cannot tell which command they came from).
+    pub digest: Option<CommandDigest>,
+    /// The events appended with the request id, ascending; never empty.
+    pub pages: Vec<EventPage>,
 }
 
 /// Events of one aggregate, in ascending sequence order.
@@ -252,13 +329,16 @@ pub trait EventStore: Send + Sync + 'static {
         correlation_id: &str,
     ) -> Result<Vec<AggregateEvents>, EventStoreError>;
 
-    /// The events of `aggregate` appended with `request_id`, ascending; empty if none. The
-    /// core calls it to make a repeated command return its first outcome.
+    /// The events of `aggregate` appended with the request id `request_id` (all of them,
+    /// ascending, should several appends have carried it) and the digest stored by the first
+    /// of those appends; `None` if no event has that id. The empty
+    /// id is an id like any other. The core calls it to make a repeated command return its
+    /// first outcome, and to refuse the id reused for another command.
     async fn find_by_request(
         &self,
         aggregate: &AggregateId,
         request_id: &str,
-    ) -> Result<Vec<EventPage>, EventStoreError>;
+    ) -> Result<Option<RequestRecord>, EventStoreError>;
 }
 
 /// Checks what every [`EventStore::append`] must refuse, whatever the backend: an empty

@@ -8,8 +8,8 @@ mod snapshot_store;
 
 pub use client_logic::{ClientLogic, ClientLogicError};
 pub use event_store::{
-    AggregateEvents, Append, EventStore, EventStoreError, SequenceRange, StoreCapabilities,
-    validate_append,
+    AggregateEvents, Append, CommandDigest, EventStore, EventStoreError, RequestKey, RequestRecord,
+    SequenceRange, StoreCapabilities, validate_append,
 };
 pub use ext::EventStoreExt;
 pub use ids::{AggregateId, Domain, IdError};
@@ -30,6 +30,8 @@ pub enum Limit {
     BatchLen,
     /// Bytes of one encoded event.
     EventBytes,
+    /// Bytes of one encoded snapshot.
+    SnapshotBytes,
 }
 
 impl std::fmt::Display for Limit {
@@ -37,6 +39,7 @@ impl std::fmt::Display for Limit {
         f.write_str(match self {
             Self::BatchLen => "batch length",
             Self::EventBytes => "event size in bytes",
+            Self::SnapshotBytes => "snapshot size in bytes",
         })
     }
 }

@@ -12,6 +12,15 @@ pub enum SnapshotStoreError {
     /// The request is malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The encoded snapshot is larger than the store's
+    /// [`max_snapshot_bytes`](crate::StoreCapabilities::max_snapshot_bytes); nothing was stored.
+    #[error("a snapshot of {actual} bytes exceeds the store's limit of {max}")]
+    LimitExceeded {
+        /// The limit.
+        max: usize,
+        /// The encoded snapshot's size.
+        actual: usize,
+    },
     /// The store cannot be reached or refused service for now; retrying later may succeed.
     #[error("snapshot store unavailable: {0}")]
     Unavailable(#[source] BoxError),
@@ -41,7 +50,11 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// The stored snapshot of `aggregate`, exactly as put; `None` if there is none.
     async fn get(&self, aggregate: &AggregateId) -> Result<Option<Snapshot>, SnapshotStoreError>;
 
-    /// Stores `snapshot` as `aggregate`'s snapshot, replacing any previous one.
+    /// Stores `snapshot` as `aggregate`'s snapshot, replacing any previous one. A snapshot
+    /// without `state`, or with any sequence (even one the stream has not reached), is stored
+    /// as given: judging it is the core's business. One over the store's
+    /// [`max_snapshot_bytes`](crate::StoreCapabilities::max_snapshot_bytes) fails with
+    /// [`SnapshotStoreError::LimitExceeded`] and leaves the previous snapshot in place.
     async fn put(
         &self,
         aggregate: &AggregateId,

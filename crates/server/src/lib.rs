@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 mod query;
+mod reflection;
 mod status;
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,23 +12,34 @@ use std::time::Duration;
 use angzarr_core::Gateway;
 use angzarr_proto::v1::{
     CommandBook, CommandResponse,
-    command_gateway_server::{CommandGateway, CommandGatewayServer},
-    event_query_server::EventQueryServer,
+    command_gateway_server::{self, CommandGateway, CommandGatewayServer},
+    event_query_server::{self, EventQueryServer},
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
+use tonic_reflection::pb::v1::server_reflection_server::{
+    self as reflection_v1, ServerReflectionServer as ReflectionV1Server,
+};
+use tonic_reflection::pb::v1alpha::server_reflection_server::{
+    self as reflection_v1alpha, ServerReflectionServer as ReflectionV1AlphaServer,
+};
 
 pub use query::EventQueryService;
 pub use status::{command_status, event_store_status, snapshot_store_status};
 
-/// Limits of the gRPC front door.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Limits of the gRPC front door, and the descriptors it serves by reflection.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerConfig {
     /// The largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// How long one command may take; a client's shorter `grpc-timeout` wins.
     pub request_timeout: Duration,
+    /// Encoded `FileDescriptorSet`s of the registered domains' commands, events and states,
+    /// served by reflection beside angzarr's own, so that clients can build the payloads of
+    /// commands and read events without `.proto` files. Each set must contain the files its
+    /// files import.
+    pub descriptor_sets: Vec<Vec<u8>>,
 }
 
 impl Default for ServerConfig {
@@ -34,7 +47,20 @@ impl Default for ServerConfig {
         Self {
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            descriptor_sets: Vec::new(),
         }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Sizes, not the bytes of the descriptor sets.
+        let sets: Vec<usize> = self.descriptor_sets.iter().map(Vec::len).collect();
+        f.debug_struct("ServerConfig")
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("descriptor_set_bytes", &sets)
+            .finish()
     }
 }
 
@@ -75,6 +101,7 @@ impl CommandGateway for CommandGatewayService {
         // The client's own deadline, when shorter, wins.
         let timeout =
             client_deadline(&request).map_or(self.timeout, |client| client.min(self.timeout));
+        // The core answers with the root in its canonical form, however the client spelled it.
         let command = request.into_inner();
         let idempotent = !command.request_id.is_empty();
         match tokio::time::timeout(timeout, self.gateway.execute(command)).await {
@@ -112,8 +139,10 @@ fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
 /// requests finish.
 ///
 /// Exposes `angzarr.v1.CommandGateway`, `angzarr.v1.EventQuery`, the standard gRPC health
-/// service (`grpc.health.v1.Health`) and server reflection, so that tools such as `grpcurl`
-/// need no `.proto` files.
+/// service (`grpc.health.v1.Health`) and server reflection (`grpc.reflection.v1` and
+/// `v1alpha`). Reflection lists exactly these services and resolves their types, the health
+/// service's and those of [`ServerConfig::descriptor_sets`], so that tools such as `grpcurl`
+/// need no `.proto` files, even to build a command's payload.
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
@@ -140,9 +169,7 @@ pub async fn serve(
     health
         .set_serving::<EventQueryServer<EventQueryService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(angzarr_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = reflection_service(&config.descriptor_sets)?;
     // Without TCP_NODELAY, a small response waits for the client's delayed ACK (40 ms on
     // Linux) whenever one client sends one request at a time.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -153,12 +180,35 @@ pub async fn serve(
             oversized_is_resource_exhausted,
         ))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(ReflectionV1Server::new(reflection.clone()))
+        .add_service(ReflectionV1AlphaServer::new(reflection))
         .add_service(commands)
         .add_service(queries)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// The reflection service of what [`serve`] serves, with the `extra` descriptor sets.
+fn reflection_service(extra: &[Vec<u8>]) -> Result<reflection::Reflection, ServerError> {
+    let served = [
+        command_gateway_server::SERVICE_NAME,
+        event_query_server::SERVICE_NAME,
+        tonic_health::pb::health_server::SERVICE_NAME,
+        reflection_v1::SERVICE_NAME,
+        reflection_v1alpha::SERVICE_NAME,
+    ];
+    let own = [
+        angzarr_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let descriptors = reflection::Descriptors::new(
+        own.into_iter().chain(extra.iter().map(Vec::as_slice)),
+        served.map(str::to_owned).to_vec(),
+    )?;
+    Ok(reflection::Reflection::new(descriptors))
 }
 
 /// tonic refuses a message over `max_message_bytes` with `OUT_OF_RANGE`; gRPC's own

@@ -56,7 +56,7 @@ impl EventQuery for EventQueryService {
     ) -> Result<Response<EventBook>, Status> {
         let query = request.into_inner();
         let aggregate = aggregate_of(&query)?;
-        let mut range = SequenceRange {
+        let range = SequenceRange {
             from: query.from_sequence,
             to: query.to_sequence,
         };
@@ -71,17 +71,39 @@ impl EventQuery for EventQueryService {
                     tracing::warn!(%aggregate, %error, "snapshot unavailable, reading every event");
                     None
                 });
-            // Only a snapshot inside the asked range can stand in for its first events.
-            if let Some(stored) = stored.filter(|stored| stored.sequence >= range.from) {
-                range.from = stored.sequence.saturating_add(1);
-                snapshot = Some(stored);
+            // Only a snapshot with a state, inside the asked range, can stand in for its first
+            // events.
+            snapshot = stored.filter(|stored| stored.sequence >= range.from && stored.state.is_some());
+        }
+        let mut pages = match &snapshot {
+            Some(stored) => {
+                let after = SequenceRange {
+                    from: stored.sequence.saturating_add(1),
+                    to: None,
+                };
+                self.events.read(&aggregate, after).await
+            }
+            None => self.events.read(&aggregate, range).await,
+        }
+        .map_err(event_store_status)?;
+        if let Some(stored) = &snapshot
+            && pages.is_empty()
+        {
+            // A snapshot ahead of the events (the core deletes those) must not hide them.
+            let next = self
+                .events
+                .next_sequence(&aggregate)
+                .await
+                .map_err(event_store_status)?;
+            if next <= stored.sequence {
+                snapshot = None;
+                pages = self
+                    .events
+                    .read(&aggregate, range)
+                    .await
+                    .map_err(event_store_status)?;
             }
         }
-        let pages = self
-            .events
-            .read(&aggregate, range)
-            .await
-            .map_err(event_store_status)?;
         Ok(Response::new(EventBook {
             cover: cover(&aggregate),
             snapshot,
@@ -197,5 +219,57 @@ impl EventQuery for EventQueryService {
             })
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(books))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use angzarr_ports::{Append, Snapshot};
+    use angzarr_store_memory::MemoryStore;
+    use prost_types::Any;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_snapshot_ahead_of_the_events_or_without_state_never_hides_them() {
+        let store = Arc::new(MemoryStore::new());
+        let service = EventQueryService::new(store.clone(), store.clone());
+        let root = Uuid::new_v4();
+        let aggregate = AggregateId::new(Domain::new("a").unwrap(), root).unwrap();
+        let events: Vec<EventPage> = (0..2)
+            .map(|sequence| EventPage {
+                sequence,
+                ..EventPage::default()
+            })
+            .collect();
+        store
+            .append(&aggregate, Append::new(0, events.clone()))
+            .await
+            .unwrap();
+        let query = AggregateQuery {
+            domain: "a".into(),
+            root: root.to_string(),
+            use_snapshot: true,
+            ..AggregateQuery::default()
+        };
+        let state = Some(Any::default());
+        for (sequence, state) in [(5, state.clone()), (1, None), (0, state)] {
+            let snapshot = Snapshot { sequence, state };
+            SnapshotStore::put(store.as_ref(), &aggregate, snapshot.clone())
+                .await
+                .unwrap();
+            let book = service
+                .get_event_book(Request::new(query.clone()))
+                .await
+                .unwrap()
+                .into_inner();
+            let used = sequence == 0;
+            let expected = if used { &events[1..] } else { &events[..] };
+            assert_eq!(
+                (book.snapshot, book.pages.as_slice()),
+                (used.then_some(snapshot), expected),
+                "snapshot at {sequence}"
+            );
+        }
     }
 }

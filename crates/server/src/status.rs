@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 /// | unknown domain | `NOT_FOUND` | fix the domain or register logic for it |
 /// | rejected by the logic | `FAILED_PRECONDITION` | the command is not valid in this state |
 /// | sequence conflict | `ABORTED` | reload and retry (or set `retry_on_conflict`) |
+/// | `request_id` already used for another command | `ALREADY_EXISTS` | use a new request id |
 /// | over a limit | `RESOURCE_EXHAUSTED` | send less |
 /// | store or logic unreachable | `UNAVAILABLE` | retry later, with the same `request_id` |
 /// | logic timed out | `DEADLINE_EXCEEDED` | retry with the same `request_id` |
@@ -23,10 +24,12 @@ pub fn command_status(error: CommandError) -> Status {
         CommandError::UnknownDomain(_) => Code::NotFound,
         CommandError::Rejected(_) => Code::FailedPrecondition,
         CommandError::Conflict { .. } => Code::Aborted,
+        CommandError::RequestIdReused { .. } => Code::AlreadyExists,
         CommandError::LimitExceeded { .. } => Code::ResourceExhausted,
         CommandError::InvalidEvents(_) => Code::Internal,
         CommandError::Logic(error) => logic_code(error),
         CommandError::Store(error) => event_store_code(error),
+        CommandError::SnapshotAhead(error) => snapshot_store_code(error),
         _ => Code::Internal,
     };
     Status::new(code, error.to_string())
@@ -59,13 +62,17 @@ pub fn event_store_status(error: EventStoreError) -> Status {
 
 /// The status a failed snapshot read answers with.
 pub fn snapshot_store_status(error: SnapshotStoreError) -> Status {
-    let code = match &error {
+    Status::new(snapshot_store_code(&error), error.to_string())
+}
+
+fn snapshot_store_code(error: &SnapshotStoreError) -> Code {
+    match error {
         SnapshotStoreError::InvalidArgument(_) => Code::InvalidArgument,
+        SnapshotStoreError::LimitExceeded { .. } => Code::ResourceExhausted,
         SnapshotStoreError::Unavailable(_) => Code::Unavailable,
         SnapshotStoreError::Corrupt(_) => Code::DataLoss,
         _ => Code::Internal,
-    };
-    Status::new(code, error.to_string())
+    }
 }
 
 /// A malformed identity in a query.
@@ -106,6 +113,20 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (CommandError::InvalidEvents("x".into()), Code::Internal),
+            (
+                CommandError::RequestIdReused {
+                    request_id: "r".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                CommandError::SnapshotAhead(SnapshotStoreError::Unavailable("down".into())),
+                Code::Unavailable,
+            ),
+            (
+                ClientLogicError::InvalidSnapshot("x".into()).into(),
+                Code::Internal,
+            ),
             (
                 ClientLogicError::InvalidCommand("x".into()).into(),
                 Code::InvalidArgument,

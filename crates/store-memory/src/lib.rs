@@ -1,19 +1,19 @@
 #![doc = include_str!("../README.md")]
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
-    SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities, Uuid,
-    async_trait, validate_append,
+    RequestKey, RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError,
+    StoreCapabilities, Uuid, async_trait, validate_append,
 };
 
 #[derive(Debug, Default)]
 struct Stream {
     pages: Vec<EventPage>,
-    /// The request id of each page, parallel to `pages`.
-    request_ids: Vec<Option<String>>,
+    /// The request key of each page, parallel to `pages`.
+    requests: Vec<Option<RequestKey>>,
 }
 
 #[derive(Debug, Default)]
@@ -23,9 +23,12 @@ struct State {
 }
 
 /// An event and snapshot store held in memory: fast, simple, and gone with the process.
-#[derive(Debug, Default)]
+///
+/// Clones share their data: a clone is a second instance of the same store, as a second
+/// connection is to a database.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     capabilities: StoreCapabilities,
 }
 
@@ -38,7 +41,7 @@ impl MemoryStore {
     /// An empty store that enforces `capabilities`' limits, to model a store that has them.
     pub fn with_capabilities(capabilities: StoreCapabilities) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Arc::default(),
             capabilities,
         }
     }
@@ -63,6 +66,18 @@ impl EventStore for MemoryStore {
         aggregate: &AggregateId,
         append: Append,
     ) -> Result<u64, EventStoreError> {
+        // Yield once, as any store that does I/O would: without it an append runs to completion
+        // in one poll, so racing appends never interleave and the suite's races prove nothing
+        // here (nor for mutants built on this store).
+        let mut yielded = false;
+        std::future::poll_fn(|context| {
+            if std::mem::replace(&mut yielded, true) {
+                return std::task::Poll::Ready(());
+            }
+            context.waker().wake_by_ref();
+            std::task::Poll::Pending
+        })
+        .await;
         validate_append(&append, &self.capabilities)?;
         let mut state = self.state();
         let stream = state.streams.entry(aggregate.clone()).or_default();
@@ -79,8 +94,8 @@ impl EventStore for MemoryStore {
         let added = append.events.len();
         stream.pages.extend(append.events);
         stream
-            .request_ids
-            .extend(std::iter::repeat_n(append.request_id, added));
+            .requests
+            .extend(std::iter::repeat_n(append.request, added));
         Ok(stream.pages.len() as u64)
     }
 
@@ -164,16 +179,29 @@ impl EventStore for MemoryStore {
         &self,
         aggregate: &AggregateId,
         request_id: &str,
-    ) -> Result<Vec<EventPage>, EventStoreError> {
+    ) -> Result<Option<RequestRecord>, EventStoreError> {
         let state = self.state();
         let Some(stream) = state.streams.get(aggregate) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        let matching = stream.pages.iter().zip(&stream.request_ids);
-        Ok(matching
-            .filter(|(_, id)| id.as_deref() == Some(request_id))
-            .map(|(page, _)| page.clone())
-            .collect())
+        let mut matching =
+            stream
+                .pages
+                .iter()
+                .zip(&stream.requests)
+                .filter_map(|(page, request)| {
+                    let request = request.as_ref().filter(|key| key.id == request_id)?;
+                    Some((page, request))
+                });
+        let Some((first, key)) = matching.next() else {
+            return Ok(None);
+        };
+        let mut pages = vec![first.clone()];
+        pages.extend(matching.map(|(page, _)| page.clone()));
+        Ok(Some(RequestRecord {
+            digest: Some(key.digest),
+            pages,
+        }))
     }
 }
 
@@ -188,6 +216,7 @@ impl SnapshotStore for MemoryStore {
         aggregate: &AggregateId,
         snapshot: Snapshot,
     ) -> Result<(), SnapshotStoreError> {
+        self.capabilities.check_snapshot(&snapshot)?;
         self.state().snapshots.insert(aggregate.clone(), snapshot);
         Ok(())
     }

@@ -10,13 +10,13 @@ use crate::error::OpenError;
 
 /// `MIGRATIONS[n]` takes a database from schema version `n` (its `PRAGMA user_version`) to
 /// `n + 1`. Append only: a released migration never changes.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this crate writes.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The first schema. See the README for the reasons behind each choice.
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE events (
     domain         TEXT    NOT NULL,
     root           TEXT    NOT NULL, -- lowercase hyphenated UUID
@@ -38,6 +38,12 @@ CREATE TABLE snapshots (
     state    BLOB    NOT NULL, -- the whole Snapshot, protobuf-encoded
     PRIMARY KEY (domain, root)
 ) WITHOUT ROWID, STRICT;
+";
+
+/// The digest of the command each request id came from, so that the id reused for another
+/// command can be refused. NULL for events written before: their command is unknown.
+const V2: &str = "
+ALTER TABLE events ADD COLUMN request_digest BLOB; -- 32 bytes when request_id is set
 ";
 
 /// The WAL file is truncated back to this size after a checkpoint, rather than keeping the

@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::mpsc;
 
 use angzarr_ports::{
-    AggregateEvents, AggregateId, Domain, EventPage, SequenceRange, Snapshot, Uuid,
+    AggregateEvents, AggregateId, CommandDigest, Domain, EventPage, RequestKey, RequestRecord,
+    SequenceRange, Snapshot, Uuid,
 };
 use prost::Message;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Params, Row, params};
@@ -38,7 +39,7 @@ const READ_FROM: &str = "SELECT page FROM events
 /// primary key, which would step through every event of the aggregate; the request index goes
 /// straight to the matching ones, already in sequence order (an index entry ends with the
 /// primary key).
-const FIND_BY_REQUEST: &str = "SELECT page FROM events INDEXED BY events_by_request
+const FIND_BY_REQUEST: &str = "SELECT page, request_digest FROM events INDEXED BY events_by_request
     WHERE domain = ?1 AND root = ?2 AND request_id = ?3
     ORDER BY sequence";
 
@@ -60,7 +61,8 @@ const NEXT_DOMAIN: &str = "SELECT min(domain) FROM events WHERE domain > ?1";
 
 /// Stores one event.
 const INSERT_EVENT: &str = "INSERT INTO events
-    (domain, root, sequence, correlation_id, request_id, page) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    (domain, root, sequence, correlation_id, request_id, request_digest, page)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Stores or replaces the snapshot of an aggregate.
 const PUT_SNAPSHOT: &str = "INSERT INTO snapshots (domain, root, sequence, state)
@@ -136,7 +138,7 @@ pub(crate) fn insert_event(
     key: &AggregateKey<'_>,
     sequence: i64,
     correlation_id: &str,
-    request_id: Option<&str>,
+    request: Option<&RequestKey>,
     page: &[u8],
 ) -> Result<(), Failure> {
     conn.prepare_cached(INSERT_EVENT)?.execute(params![
@@ -144,7 +146,8 @@ pub(crate) fn insert_event(
         key.root,
         sequence,
         correlation_id,
-        request_id,
+        request.map(|request| request.id.as_str()),
+        request.map(|request| request.digest.as_slice()),
         page
     ])?;
     Ok(())
@@ -179,18 +182,32 @@ pub(crate) fn read(
     }
 }
 
-/// The events of `aggregate` appended with `request_id`, ascending.
+/// The events of `aggregate` appended with `request_id`, ascending, and the first one's digest.
 pub(crate) fn find_by_request(
     conn: &Connection,
     aggregate: &AggregateId,
     request_id: &str,
-) -> Result<Vec<EventPage>, Failure> {
+) -> Result<Option<RequestRecord>, Failure> {
     let key = keys::aggregate(aggregate);
-    pages(
-        conn.prepare_cached(FIND_BY_REQUEST)?,
-        params![key.domain, key.root, request_id],
-        aggregate,
-    )
+    let mut statement = conn.prepare_cached(FIND_BY_REQUEST)?;
+    let mut rows = statement.query(params![key.domain, key.root, request_id])?;
+    let Some(first) = rows.next()? else {
+        return Ok(None);
+    };
+    let digest = match first.get_ref(1)?.as_blob_or_null().map_err(Failure::corrupt)? {
+        None => None,
+        Some(bytes) => Some(CommandDigest::try_from(bytes).map_err(|_| {
+            Failure::corrupt(format_args!(
+                "a request digest of {aggregate} has {} bytes, not 32",
+                bytes.len()
+            ))
+        })?),
+    };
+    let mut pages = vec![decode(page_blob(first)?, aggregate)?];
+    while let Some(row) = rows.next()? {
+        pages.push(decode(page_blob(row)?, aggregate)?);
+    }
+    Ok(Some(RequestRecord { digest, pages }))
 }
 
 /// Every event with `correlation_id`, grouped by aggregate in ascending order.

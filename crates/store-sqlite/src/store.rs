@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
-    SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities, Uuid,
+    RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities, Uuid,
     async_trait, validate_append,
 };
 use prost::Message;
@@ -207,7 +207,7 @@ impl EventStore for SqliteStore {
         &self,
         aggregate: &AggregateId,
         request_id: &str,
-    ) -> Result<Vec<EventPage>, EventStoreError> {
+    ) -> Result<Option<RequestRecord>, EventStoreError> {
         let aggregate = aggregate.clone();
         let request_id = request_id.to_owned();
         Ok(self

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use angzarr_ports::{AggregateId, Append, EventStoreError, SnapshotStoreError};
+use angzarr_ports::{AggregateId, Append, EventStoreError, RequestKey, SnapshotStoreError};
 use prost::Message;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -31,7 +31,7 @@ use crate::sql;
 #[derive(Debug)]
 pub(crate) struct Batch {
     expected_sequence: u64,
-    request_id: Option<String>,
+    request: Option<RequestKey>,
     events: Vec<EncodedEvent>,
 }
 
@@ -58,7 +58,7 @@ impl Batch {
             .collect();
         Self {
             expected_sequence: append.expected_sequence,
-            request_id: append.request_id,
+            request: append.request,
             events,
         }
     }
@@ -544,7 +544,7 @@ fn append(
             return Err(EventStoreError::Conflict { expected, actual });
         }
     }
-    let request_id = batch.request_id.as_deref();
+    let request = batch.request.as_ref();
     for event in &batch.events {
         // Only reachable by a stream of 2^63 events; the savepoint undoes earlier inserts.
         let sequence = keys::sequence(event.sequence).ok_or_else(|| {
@@ -559,7 +559,7 @@ fn append(
             &key,
             sequence,
             &event.correlation_id,
-            request_id,
+            request,
             &event.page,
         )?;
     }
@@ -609,11 +609,7 @@ mod tests {
                 ..EventPage::default()
             })
             .collect();
-        let batch = Batch::encode(Append {
-            expected_sequence: from,
-            events,
-            request_id: None,
-        });
+        let batch = Batch::encode(Append::new(from, events));
         Job::Append {
             aggregate: aggregate.clone(),
             batch,

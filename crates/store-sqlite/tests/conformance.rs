@@ -1,5 +1,6 @@
 //! The conformance suite against real SQLite files: one file per namespace, reopened to check
-//! persistence.
+//! persistence, and opened twice at once for two instances (the default
+//! `Harness::open_another`), as two processes would.
 
 use angzarr_conformance::Harness;
 use angzarr_ports::async_trait;

@@ -86,7 +86,7 @@ fn crash_child() {
                     let append = Append {
                         expected_sequence: next,
                         events,
-                        request_id: None,
+                        request: None,
                     };
                     next = store.append(&aggregate, append).await.unwrap();
                     // Straight to stdout, bypassing the test harness's capture.

@@ -262,7 +262,7 @@ async fn history(dir: &std::path::Path, events: u64) -> (Arc<SqliteStore>, Gatew
         let append = Append {
             expected_sequence: next,
             events: batch,
-            request_id: None,
+            request: None,
         };
         next = store
             .append(&aggregate, append)

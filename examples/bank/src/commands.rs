@@ -35,8 +35,7 @@ pub fn withdraw(amount: u64) -> BankCommand {
 
 /// A `CommandBook` carrying `command` for the account `root`.
 pub fn command(root: Uuid, command: &BankCommand) -> CommandBook {
-    // Encoding a generated message into a Vec cannot fail.
-    let payload = Any::from_msg(command).unwrap_or_default();
+    let payload = angzarr_core::native::pack(command);
     CommandBook {
         cover: Some(Cover {
             domain: crate::DOMAIN.to_owned(),

@@ -6,6 +6,11 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/examples.bank.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of `proto/bank.proto`, for gRPC server reflection: with it,
+/// clients build the commands and read the events without the `.proto` file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/bank_descriptor.bin"));
+
 mod commands;
 
 pub use commands::{command, deposit, open, replay, withdraw};

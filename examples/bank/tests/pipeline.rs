@@ -512,22 +512,34 @@ async fn a_history_cached_by_one_process_never_hides_writes_of_another() {
     first.execute(command(root, &open("ada"))).await.unwrap();
     first.execute(command(root, &deposit(100))).await.unwrap(); // cached by `first`
     second.execute(command(root, &withdraw(100))).await.unwrap();
-    // On its cached balance of 100, `first` would allow this; the real balance is 0.
+    // On its cached balance of 100, `first` would allow this; the real balance is 0. Decided
+    // on a state another writer moved past, it fails like any lost race...
     let overdraft = first.execute(command(root, &withdraw(60))).await;
+    assert!(
+        matches!(overdraft, Err(CommandError::Conflict { .. })),
+        "{overdraft:?}"
+    );
+    // ...and is then decided on the current state, as a command with retries is at once.
+    let retrying = |mut book: CommandBook| {
+        book.retry_on_conflict = true;
+        book
+    };
+    second.execute(retrying(command(root, &deposit(1)))).await.unwrap();
+    let overdraft = first.execute(retrying(command(root, &withdraw(60)))).await;
     assert!(
         matches!(overdraft, Err(CommandError::Rejected(_))),
         "{overdraft:?}"
     );
-    second.execute(command(root, &deposit(50))).await.unwrap();
-    // On its cached balance, `first` would refuse this; the real balance is 50.
-    first.execute(command(root, &withdraw(30))).await.unwrap();
-    second.execute(command(root, &deposit(1))).await.unwrap();
-    // The client read sequence 6 elsewhere; `first` has not seen it, yet must accept it.
+    second.execute(retrying(command(root, &deposit(50)))).await.unwrap();
+    // On its cached balance of 1, `first` would refuse this; the real balance is 51.
+    first.execute(retrying(command(root, &withdraw(30)))).await.unwrap();
+    second.execute(retrying(command(root, &deposit(1)))).await.unwrap();
+    // The client read sequence 7 elsewhere; `first` has not seen it, yet must accept it.
     let mut current = command(root, &deposit(1));
-    current.expected_sequence = Some(6);
+    current.expected_sequence = Some(7);
     first.execute(current).await.unwrap();
-    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 7);
-    assert_eq!(fold(first, root).await.balance, 22);
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 8);
+    assert_eq!(fold(first, root).await.balance, 23);
 }
 
 #[tokio::test]
@@ -561,4 +573,258 @@ async fn a_snapshot_ahead_of_the_events_is_ignored() {
         1,
         "appended at the end of the stream"
     );
+}
+
+/// Client logic that, the first time it is called after [`Interfering::arm`], has other
+/// commands executed through another gateway (another process) before it decides: a race
+/// placed exactly between the load and the append.
+struct Interfering {
+    other: Gateway,
+    pending: tokio::sync::Mutex<Vec<CommandBook>>,
+}
+
+impl Interfering {
+    fn new(other: Gateway) -> Arc<Self> {
+        Arc::new(Self {
+            other,
+            pending: Default::default(),
+        })
+    }
+
+    async fn arm(&self, commands: Vec<CommandBook>) {
+        *self.pending.lock().await = commands;
+    }
+}
+
+#[async_trait]
+impl ClientLogic for Interfering {
+    async fn handle(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        let pending = std::mem::take(&mut *self.pending.lock().await);
+        for interference in pending {
+            self.other.execute(interference).await.unwrap();
+        }
+        logic(0).handle(command).await
+    }
+}
+
+/// A gateway whose logic interferes through a second gateway over the same store.
+fn interfered(config: GatewayConfig) -> (Gateway, Arc<Interfering>, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let other = gateway_with(store.clone(), Arc::new(logic(0)), GatewayConfig::default());
+    let interfering = Interfering::new(other);
+    let gateway = gateway_with(store.clone(), interfering.clone(), config);
+    (gateway, interfering, store)
+}
+
+fn without_cache() -> GatewayConfig {
+    let mut config = GatewayConfig::default();
+    config.cached_events = 0;
+    config
+}
+
+#[tokio::test]
+async fn a_race_lost_without_retries_fails_alike_after_a_load_and_after_a_cache_hit() {
+    // The same race, placed between decision and append, once on a history loaded for the
+    // command and once on one cached by the previous command.
+    for config in [without_cache(), GatewayConfig::default()] {
+        let cached = config.cached_events > 0;
+        let (gateway, interfering, store) = interfered(config);
+        let root = Uuid::new_v4();
+        gateway.execute(command(root, &open("ada"))).await.unwrap();
+        interfering.arm(vec![command(root, &deposit(7))]).await;
+        let outcome = gateway.execute(command(root, &deposit(1))).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(CommandError::Conflict {
+                    expected: 1,
+                    actual: 2
+                })
+            ),
+            "cached history: {cached}, {outcome:?}"
+        );
+        assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 2);
+        // With retries, the same race is decided again and succeeds.
+        interfering.arm(vec![command(root, &deposit(7))]).await;
+        let mut retried = command(root, &deposit(1));
+        retried.retry_on_conflict = true;
+        gateway.execute(retried).await.unwrap();
+        assert_eq!(fold(&gateway, root).await.balance, 15, "cached: {cached}");
+    }
+}
+
+#[tokio::test]
+async fn a_retry_that_decided_on_an_old_state_answers_with_the_first_outcome() {
+    for config in [without_cache(), GatewayConfig::default()] {
+        let (gateway, interfering, store) = interfered(config);
+        let root = Uuid::new_v4();
+        gateway.execute(command(root, &open("ada"))).await.unwrap();
+        let mut withdrawal = command(root, &withdraw(100));
+        withdrawal.request_id = "withdrawal-1".into();
+        // While the retry decides on a balance of 0 (and so would refuse it), the first
+        // attempt succeeds elsewhere after a deposit.
+        interfering
+            .arm(vec![command(root, &deposit(100)), withdrawal.clone()])
+            .await;
+        let retry = gateway.execute(withdrawal).await.unwrap();
+        assert!(retry.replayed, "{retry:?}");
+        assert_eq!(retry.events.unwrap().pages[0].sequence, 2);
+        assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_reused_for_another_command_is_refused_and_the_first_outcome_stands() {
+    let (gateways, store, _) = processes(2);
+    let root = Uuid::new_v4();
+    gateways[0]
+        .execute(command(root, &open("ada")))
+        .await
+        .unwrap();
+    let mut first = command(root, &deposit(40));
+    first.request_id = "deposit-1".into();
+    gateways[0].execute(first.clone()).await.unwrap();
+    let mut other = command(root, &deposit(41));
+    other.request_id = first.request_id.clone();
+    let mut expecting = first.clone();
+    expecting.expected_sequence = Some(1);
+    for (gateway, book) in [(0, &other), (1, &other), (1, &expecting)] {
+        let refused = gateways[gateway].execute(book.clone()).await;
+        assert!(
+            matches!(&refused, Err(CommandError::RequestIdReused { request_id }) if request_id == "deposit-1"),
+            "{refused:?}"
+        );
+    }
+    // The same command again, through either process, with another correlation id and a
+    // type URL with another prefix, is a repeat.
+    let mut again = first.clone();
+    again.cover.as_mut().unwrap().correlation_id = "another".into();
+    if let Some(payload) = again.pages[0].payload.as_mut() {
+        let name = payload.type_url.rsplit('/').next().unwrap().to_owned();
+        payload.type_url = format!("example.com/{name}");
+    }
+    assert!(gateways[1].execute(again).await.unwrap().replayed);
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 2);
+    assert_eq!(fold(&gateways[0], root).await.balance, 40);
+}
+
+#[tokio::test]
+async fn a_snapshot_found_ahead_is_deleted_and_never_trusted_once_the_stream_reaches_it() {
+    let (gateway, store) = bank(0);
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let rich = Any::from_msg(&Account {
+        open: true,
+        owner: "ada".into(),
+        balance: 999,
+    })
+    .unwrap();
+    let ahead = Snapshot {
+        sequence: 3,
+        state: Some(rich),
+    };
+    SnapshotStore::put(store.as_ref(), &account(root), ahead)
+        .await
+        .unwrap();
+    let fresh = || gateway_with(store.clone(), Arc::new(logic(0)), without_cache());
+    fresh()
+        .execute(command(root, &deposit(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        SnapshotStore::get(store.as_ref(), &account(root))
+            .await
+            .unwrap(),
+        None,
+        "deleted when found ahead"
+    );
+    for _ in 0..4 {
+        fresh()
+            .execute(command(root, &deposit(5)))
+            .await
+            .unwrap();
+    }
+    // The stream is now past the old snapshot's sequence; the balance is 25, not 999 + 5.
+    let overdraft = fresh().execute(command(root, &withdraw(500))).await;
+    assert!(
+        matches!(overdraft, Err(CommandError::Rejected(_))),
+        "{overdraft:?}"
+    );
+}
+
+/// A snapshot store whose deletes fail: a snapshot ahead of the events cannot be removed.
+struct Undeletable(MemoryStore);
+
+#[async_trait]
+impl SnapshotStore for Undeletable {
+    async fn get(&self, aggregate: &AggregateId) -> Result<Option<Snapshot>, SnapshotStoreError> {
+        SnapshotStore::get(&self.0, aggregate).await
+    }
+
+    async fn put(&self, aggregate: &AggregateId, snapshot: Snapshot) -> Result<(), SnapshotStoreError> {
+        SnapshotStore::put(&self.0, aggregate, snapshot).await
+    }
+
+    async fn delete(&self, _: &AggregateId) -> Result<(), SnapshotStoreError> {
+        Err(SnapshotStoreError::Unavailable("deletes are down".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_ahead_that_cannot_be_deleted_fails_the_command_and_writes_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let snapshots = Arc::new(Undeletable(MemoryStore::new()));
+    let gateway = Gateway::builder(store.clone(), snapshots.clone())
+        .register(Domain::new(DOMAIN).unwrap(), Arc::new(logic(0)))
+        .build();
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    let ahead = Snapshot {
+        sequence: 5,
+        state: Some(Any::from_msg(&Account::default()).unwrap()),
+    };
+    SnapshotStore::put(snapshots.as_ref(), &account(root), ahead)
+        .await
+        .unwrap();
+    let fresh = Gateway::builder(store.clone(), snapshots)
+        .register(Domain::new(DOMAIN).unwrap(), Arc::new(logic(0)))
+        .build();
+    let outcome = fresh.execute(command(root, &deposit(5))).await;
+    assert!(
+        matches!(outcome, Err(CommandError::SnapshotAhead(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_snapshot_without_state_or_that_does_not_decode_only_costs_a_replay() {
+    let undecodable = Any {
+        type_url: Any::from_msg(&Account::default()).unwrap().type_url,
+        value: vec![0xff, 0xff, 0xff],
+    };
+    let another_type = Any {
+        type_url: "type.googleapis.com/examples.bank.v1.AccountV0".into(),
+        value: Vec::new(),
+    };
+    for state in [None, Some(undecodable), Some(another_type)] {
+        let (gateway, store) = bank(0);
+        let root = Uuid::new_v4();
+        for book in [command(root, &open("ada")), command(root, &deposit(10)), command(root, &deposit(20))] {
+            gateway.execute(book).await.unwrap();
+        }
+        let broken = Snapshot {
+            sequence: 1,
+            state: state.clone(),
+        };
+        SnapshotStore::put(store.as_ref(), &account(root), broken)
+            .await
+            .unwrap();
+        for config in [without_cache(), GatewayConfig::default()] {
+            let fresh = gateway_with(store.clone(), Arc::new(logic(0)), config);
+            let withdrawn = fresh.execute(command(root, &withdraw(15))).await;
+            assert!(withdrawn.is_ok(), "snapshot state {state:?}: {withdrawn:?}");
+        }
+        assert_eq!(fold(&gateway, root).await.balance, 0, "state {state:?}");
+    }
 }

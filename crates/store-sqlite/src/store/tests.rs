@@ -6,6 +6,8 @@ use angzarr_ports::EventStoreExt;
 use angzarr_proto::prost_types::{Any, Timestamp};
 use tempfile::TempDir;
 
+use angzarr_ports::{CommandDigest, RequestKey};
+
 use super::*;
 use crate::keys;
 
@@ -39,7 +41,27 @@ fn batch(from: u64, len: u64, correlation_id: &str, request_id: Option<&str>) ->
         events: (0..len)
             .map(|offset| page(from + offset, correlation_id))
             .collect(),
-        request_id: request_id.map(Into::into),
+        request: request_id.map(|id| RequestKey::new(id, digest(id))),
+    }
+}
+
+/// A digest for a request id: what the core would derive from the command.
+fn digest(request_id: &str) -> CommandDigest {
+    let mut digest = [0; 32];
+    for (byte, from) in digest.iter_mut().zip(request_id.bytes().cycle()) {
+        *byte = from;
+    }
+    digest
+}
+
+/// The events stored with `request_id`, after checking the digest stored with them.
+async fn requested(store: &SqliteStore, aggregate: &AggregateId, request_id: &str) -> Vec<EventPage> {
+    match store.find_by_request(aggregate, request_id).await.unwrap() {
+        None => Vec::new(),
+        Some(record) => {
+            assert_eq!(record.digest, Some(digest(request_id)));
+            record.pages
+        }
     }
 }
 
@@ -78,16 +100,10 @@ async fn events_round_trip_exactly() {
         expected[2..]
     );
     assert_eq!(
-        store.find_by_request(&account, "r1").await.unwrap(),
+        requested(&store, &account, "r1").await,
         expected[..3]
     );
-    assert!(
-        store
-            .find_by_request(&account, "r2")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(requested(&store, &account, "r2").await.is_empty());
     let correlated = store.find_by_correlation("c2").await.unwrap();
     assert_eq!(
         correlated,
@@ -141,7 +157,7 @@ async fn empty_inverted_and_huge_ranges_and_unknown_aggregates_give_nothing() {
     let unknown = aggregate("account");
     assert_eq!(store.next_sequence(&unknown).await.unwrap(), 0);
     assert_eq!(store.read_all(&unknown).await.unwrap(), []);
-    assert_eq!(store.find_by_request(&unknown, "r").await.unwrap(), []);
+    assert_eq!(requested(&store, &unknown, "r").await, []);
     assert_eq!(store.find_by_correlation("").await.unwrap(), []);
     assert_eq!(store.find_by_correlation("nope").await.unwrap(), []);
     assert!(
@@ -164,7 +180,7 @@ async fn an_empty_correlation_id_or_request_id_is_stored_but_only_the_latter_is_
         .unwrap();
     store.append(&account, batch(2, 1, "", None)).await.unwrap();
     // As in the reference model: an empty request id is an id, an absent one is not.
-    assert_eq!(store.find_by_request(&account, "").await.unwrap().len(), 2);
+    assert_eq!(requested(&store, &account, "").await.len(), 2);
     assert_eq!(store.find_by_correlation("").await.unwrap(), []);
 }
 
@@ -215,7 +231,7 @@ async fn malformed_appends_are_refused_before_reaching_the_writer() {
     let empty = Append {
         expected_sequence: 0,
         events: Vec::new(),
-        request_id: None,
+        request: None,
     };
     let mut gap = batch(0, 2, "c", None);
     gap.events[1].sequence = 5;
@@ -282,7 +298,7 @@ async fn ten_thousand_events_fit_in_one_append() {
             .all(|(i, page)| page.sequence == i as u64)
     );
     assert_eq!(
-        store.find_by_request(&account, "r").await.unwrap().len(),
+        requested(&store, &account, "r").await.len(),
         10_000
     );
 }
@@ -484,7 +500,7 @@ async fn reopening_the_file_keeps_everything() {
         store.read_all(&account).await.unwrap(),
         batch(0, 2, "c", None).events
     );
-    assert_eq!(store.find_by_request(&account, "r").await.unwrap().len(), 2);
+    assert_eq!(requested(&store, &account, "r").await.len(), 2);
     assert_eq!(store.get(&account).await.unwrap(), Some(snapshot));
     store
         .append(&account, batch(2, 1, "c", None))
@@ -833,4 +849,31 @@ async fn any_group_size_works() {
         let domain = Domain::new("a").unwrap();
         assert_eq!(store.list_roots(&domain, None, 100).await.unwrap().len(), 8);
     }
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_and_its_request_ids_have_no_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::in_dir(dir.path());
+    let account = aggregate("account");
+    let key = keys::aggregate(&account);
+    {
+        let conn = Connection::open(&config.path).unwrap();
+        conn.execute_batch(schema::V1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO events (domain, root, sequence, correlation_id, request_id, page) \
+             VALUES (?1, ?2, 0, 'c', 'r', ?3)",
+            rusqlite::params![key.domain, key.root, page(0, "c").encode_to_vec()],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(config).unwrap();
+    let record = store.find_by_request(&account, "r").await.unwrap().unwrap();
+    assert_eq!((record.digest, record.pages), (None, vec![page(0, "c")]));
+    store
+        .append(&account, batch(1, 1, "c", Some("s")))
+        .await
+        .unwrap();
+    assert_eq!(requested(&store, &account, "s").await, vec![page(1, "c")]);
 }

@@ -1,0 +1,105 @@
+//! The real binary driven by a client in another language: Python's grpcio, which finds every
+//! type through server reflection and packs payloads with protobuf's own `Any.Pack`
+//! (`tests/python/foreign_client.py`). A server that only understood its own Rust client
+//! (an unusual type URL prefix, reflection in one protocol version only) fails here.
+//!
+//! Python 3 with `grpcio`, `grpcio-reflection` and `protobuf` is required: without them the
+//! test fails, saying how to install them (`cargo xtask test` installs them itself).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_angzarr");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/foreign_client.py"
+);
+const REQUIREMENTS: &str = "crates/angzarr/tests/python/requirements.txt";
+
+/// A server process on a free loopback port; killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Self {
+        let mut command = Command::new(BINARY);
+        // Only what the test sets: not the developer's own ANGZARR_* settings.
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
+            command.env_remove(name);
+        }
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the angzarr binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the first line");
+        let address = line
+            .trim()
+            .strip_prefix("angzarr listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child, address }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fails, saying how to install them, unless Python 3 and the client's modules are there.
+fn require_python() {
+    let install = format!(
+        "`python3 -m pip install -r {REQUIREMENTS}` \
+         (`cargo xtask test` runs that itself when the modules are missing)"
+    );
+    let probe = Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
+        .output();
+    match probe {
+        Err(error) => panic!(
+            "this test drives the server with a Python gRPC client, and python3 cannot be run \
+             ({error}): install Python 3, then {install}"
+        ),
+        Ok(output) if !output.status.success() => panic!(
+            "this test drives the server with a Python gRPC client, and python3 lacks its \
+             modules (grpcio, grpcio-reflection, protobuf): install them with {install}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Ok(_) => {}
+    }
+}
+
+#[test]
+fn a_python_client_works_through_reflection_and_standard_any_packing() {
+    require_python();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let output = Command::new("python3")
+        .arg(SCRIPT)
+        .arg(&server.address)
+        .output()
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python client failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("foreign client: all checks passed"),
+        "the Python client did not finish its checks:\n{stdout}\n{stderr}"
+    );
+}
