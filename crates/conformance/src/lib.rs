@@ -2,6 +2,7 @@
 
 mod compare;
 mod concurrency;
+pub mod faults;
 pub mod properties;
 mod state_machine;
 

@@ -54,7 +54,8 @@ pub async fn concurrent_aggregates_all_succeed<H: Harness>(harness: &H) {
                 for batch in 0..BATCHES {
                     let events = pages(batch * 2, 2, &format!("aggregate {index} batch {batch}"));
                     let request = format!("batch {batch}");
-                    let append = concurrency::append(batch * 2, events.clone(), Some(request.as_str()));
+                    let append =
+                        concurrency::append(batch * 2, events.clone(), Some(request.as_str()));
                     store
                         .append(&aggregate, append)
                         .await
@@ -107,7 +108,10 @@ pub async fn large_batch<H: Harness>(harness: &H) {
         end
     );
     assert_eq!(
-        store.next_sequence(&aggregate).await.expect("next sequence"),
+        store
+            .next_sequence(&aggregate)
+            .await
+            .expect("next sequence"),
         end,
         "the next sequence right after a large batch"
     );
@@ -122,7 +126,11 @@ pub async fn large_batch<H: Harness>(harness: &H) {
         .read(&aggregate, (end.saturating_sub(3)..end + 5).into())
         .await
         .expect("read the end of a large batch");
-    assert_eq!(tail, events[len.saturating_sub(3)..], "a read across the end");
+    assert_eq!(
+        tail,
+        events[len.saturating_sub(3)..],
+        "a read across the end"
+    );
     assert_eq!(
         store
             .find_by_request(&aggregate, "big")

@@ -4,8 +4,8 @@
 use std::fmt::Debug;
 
 use angzarr_ports::{
-    AggregateId, Append, Domain, EventPage, EventStore, EventStoreExt, RequestKey,
-    SequenceRange, Snapshot, SnapshotStore, Uuid,
+    AggregateId, Append, Domain, EventPage, EventStore, EventStoreExt, RequestKey, SequenceRange,
+    Snapshot, SnapshotStore, Uuid,
 };
 use angzarr_store_memory::MemoryStore;
 use proptest::prelude::*;
@@ -107,7 +107,9 @@ enum SnapshotState {
     /// `LARGE_SNAPSHOT` bytes.
     Large,
     /// Exactly the store's limit, or one byte over it.
-    AtLimit { over: bool },
+    AtLimit {
+        over: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -258,13 +260,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Three roots that differ in their first bit, their last bit, or in everything.
 fn roots() -> impl Strategy<Value = [Uuid; ROOTS]> {
-    (1u128..u128::MAX >> 1).prop_map(|base| {
-        [base, base ^ 1, base | 1 << 127].map(|root| Uuid::from_u128(root.max(1)))
-    })
+    (1u128..u128::MAX >> 1)
+        .prop_map(|base| [base, base ^ 1, base | 1 << 127].map(|root| Uuid::from_u128(root.max(1))))
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (roots(), 0..ID_FAMILIES.len(), prop::collection::vec(op(), 1..48))
+    (
+        roots(),
+        0..ID_FAMILIES.len(),
+        prop::collection::vec(op(), 1..48),
+    )
         .prop_map(|(roots, family, ops)| Case { roots, family, ops })
 }
 
@@ -316,7 +321,10 @@ impl<H: Harness> Run<'_, H> {
     fn request(&self, request: usize) -> RequestKey {
         let id = self.ids[request];
         let mut digest = [0; 32];
-        for (byte, from) in digest.iter_mut().zip(id.bytes().chain([request as u8]).cycle()) {
+        for (byte, from) in digest
+            .iter_mut()
+            .zip(id.bytes().chain([request as u8]).cycle())
+        {
             *byte = from;
         }
         RequestKey::new(id, digest)

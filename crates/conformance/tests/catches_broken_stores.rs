@@ -122,7 +122,12 @@ impl Mutant {
     async fn aggregates(&self) -> Vec<AggregateId> {
         let mut aggregates = Vec::new();
         for domain in self.inner.list_domains().await.unwrap() {
-            for root in self.inner.list_roots(&domain, None, usize::MAX).await.unwrap() {
+            for root in self
+                .inner
+                .list_roots(&domain, None, usize::MAX)
+                .await
+                .unwrap()
+            {
                 aggregates.push(AggregateId::new(domain.clone(), root).unwrap());
             }
         }
@@ -306,7 +311,8 @@ impl EventStore for Mutant {
                 .await
             }
             Bug::CorrelationMatchedByPrefix => {
-                self.find_correlated(id, |stored| stored.starts_with(id)).await
+                self.find_correlated(id, |stored| stored.starts_with(id))
+                    .await
             }
             Bug::CorrelationCaseInsensitive => {
                 self.find_correlated(id, |stored| stored.to_lowercase() == id.to_lowercase())
@@ -325,7 +331,10 @@ impl EventStore for Mutant {
             return Ok(None);
         }
         let id = self.request_key(request_id);
-        let mut found = self.inner.find_by_request(&self.key(aggregate), &id).await?;
+        let mut found = self
+            .inner
+            .find_by_request(&self.key(aggregate), &id)
+            .await?;
         if self.has(Bug::RequestIndexIgnoresDomain) && found.is_none() {
             for domain in self.inner.list_domains().await? {
                 let other = AggregateId::new(domain, aggregate.root()).unwrap();
@@ -420,9 +429,7 @@ impl Harness for MutantHarness {
         let mut namespaces = self.namespaces.lock().unwrap();
         let existing = namespaces.get(namespace).filter(|_| self.persistent);
         let reopened = existing.is_some();
-        let inner = existing
-            .cloned()
-            .unwrap_or_default();
+        let inner = existing.cloned().unwrap_or_default();
         namespaces.insert(namespace.to_owned(), inner.clone());
         Mutant {
             bug: self.bug,
@@ -504,14 +511,20 @@ fn the_state_machine_fails_every_mutant() {
             !caught(*bug, property, "disagrees with the model")
         })
         .collect();
-    assert!(passed.is_empty(), "the suite passed stores with the bugs {passed:?}");
+    assert!(
+        passed.is_empty(),
+        "the suite passed stores with the bugs {passed:?}"
+    );
 }
 
 #[test]
 fn the_limit_properties_fail_stores_that_misjudge_their_limits() {
     let mutants = [
         (Bug::BatchLimitOffByOne, "append a large batch"),
-        (Bug::EventSizeMeasuredOnPayload, "an event over the declared size"),
+        (
+            Bug::EventSizeMeasuredOnPayload,
+            "an event over the declared size",
+        ),
     ];
     for (bug, reason) in mutants {
         let property = async |harness: &MutantHarness| {

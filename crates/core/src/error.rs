@@ -53,6 +53,23 @@ pub enum CommandError {
     /// The event store failed.
     #[error(transparent)]
     Store(EventStoreError),
+    /// The store lost the acknowledgement of the append and could not be read back to tell
+    /// whether it was applied: the command may or may not have taken effect.
+    #[error(
+        "the outcome of the command is unknown (the store lost the acknowledgement of its append and could not be read back: {source}); {}",
+        if *idempotent {
+            "resending it with the same request_id is safe"
+        } else {
+            "it had no request_id, so resending it may apply it twice"
+        }
+    )]
+    OutcomeUnknown {
+        /// Whether the command had a `request_id`, which makes resending it safe.
+        idempotent: bool,
+        /// The store's last error.
+        #[source]
+        source: angzarr_ports::BoxError,
+    },
     /// The aggregate's snapshot is ahead of its events and could not be deleted: deciding on
     /// it could be wrong, so nothing is decided until the snapshot store lets it go.
     #[error("the aggregate's snapshot is ahead of its events and could not be deleted: {0}")]

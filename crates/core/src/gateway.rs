@@ -450,8 +450,14 @@ impl Gateway {
             events: pages,
             request: command.request.cloned(),
         };
-        match self.inner.events.append(aggregate, append).await {
+        match self.append_resolving(aggregate, append).await {
             Ok(_) => {}
+            Err(EventStoreError::OutcomeUnknown(source)) => {
+                return Attempt::Done(Err(CommandError::OutcomeUnknown {
+                    idempotent: command.request.is_some(),
+                    source,
+                }));
+            }
             Err(EventStoreError::Conflict { expected, actual }) => {
                 return match self.replay(aggregate, command).await {
                     Ok(Some(replay)) => Attempt::Done(Ok(replay)),
@@ -480,6 +486,45 @@ impl Gateway {
             self.inner.cache.insert(aggregate, kept);
         }
         Attempt::Done(Ok(response(cover, written, false)))
+    }
+
+    /// Appends, and resolves an unknown outcome (a lost acknowledgement) before answering.
+    ///
+    /// The same append is sent again: its expected-sequence check lets at most one copy in,
+    /// whichever arrives first, so resending is safe even if the first copy is still on its way.
+    /// A conflict is then read back: the stored events byte for byte ours mean the first copy
+    /// landed; anything else means another writer won. Only when the store stays unreachable
+    /// does the outcome stay unknown.
+    async fn append_resolving(
+        &self,
+        aggregate: &AggregateId,
+        append: Append,
+    ) -> Result<u64, EventStoreError> {
+        let mut unknown = match self.inner.events.append(aggregate, append.clone()).await {
+            Err(EventStoreError::OutcomeUnknown(error)) => error,
+            outcome => return outcome,
+        };
+        let end = append.expected_sequence + append.events.len() as u64;
+        for round in 0..OUTCOME_RESOLUTION_ROUNDS {
+            tracing::warn!(%aggregate, error = %unknown, round, "the outcome of an append is unknown, resolving it");
+            tokio::time::sleep(backoff(round + 2)).await;
+            match self.inner.events.append(aggregate, append.clone()).await {
+                Ok(next) => return Ok(next),
+                Err(EventStoreError::Conflict { expected, actual }) => {
+                    let range = (append.expected_sequence..end).into();
+                    match self.inner.events.read(aggregate, range).await {
+                        Ok(stored) if stored == append.events => return Ok(end),
+                        Ok(_) => return Err(EventStoreError::Conflict { expected, actual }),
+                        Err(error) => unknown = Box::new(error),
+                    }
+                }
+                Err(EventStoreError::OutcomeUnknown(error) | EventStoreError::Unavailable(error)) => {
+                    unknown = error;
+                }
+                Err(other) => unknown = Box::new(other),
+            }
+        }
+        Err(EventStoreError::OutcomeUnknown(unknown))
     }
 
     /// Whether the aggregate moved past `next_sequence` (or cannot be checked).
@@ -574,6 +619,10 @@ impl Gateway {
         Ok(self.inner.limits.check_batch(pages)?)
     }
 }
+
+/// How many times an append whose outcome is unknown is sent again (and read back) before the
+/// caller is told the outcome is unknown: about 0.2 s with the backoff between rounds.
+const OUTCOME_RESOLUTION_ROUNDS: u32 = 6;
 
 /// How long to wait after losing `lost` races in a row: a random time up to 0.5 ms doubled
 /// per loss, at most 50 ms. Writers that lost together then retry apart, so that one of them

@@ -255,6 +255,12 @@ pub enum EventStoreError {
     /// was applied (an acknowledgement lost on the network) must not report it this way.
     #[error("event store unavailable: {0}")]
     Unavailable(#[source] BoxError),
+    /// The store cannot tell whether the append was applied: the request may have reached the
+    /// backend and the acknowledgement been lost (a connection cut after the request was sent,
+    /// a timeout, a failover). Only [`EventStore::append`] returns it. The caller resolves it
+    /// by reading the stream back at the expected sequence (the core does).
+    #[error("the outcome of the append is unknown: {0}")]
+    OutcomeUnknown(#[source] BoxError),
     /// Stored data could not be decoded.
     #[error("stored event data is corrupt: {0}")]
     Corrupt(String),

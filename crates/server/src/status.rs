@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 /// | `request_id` already used for another command | `ALREADY_EXISTS` | use a new request id |
 /// | over a limit | `RESOURCE_EXHAUSTED` | send less |
 /// | store or logic unreachable | `UNAVAILABLE` | retry later, with the same `request_id` |
+/// | append outcome unknown | `UNAVAILABLE` | resend with the same `request_id` |
 /// | logic timed out | `DEADLINE_EXCEEDED` | retry with the same `request_id` |
 /// | stored data undecodable | `DATA_LOSS` | operator attention |
 /// | a bug in the client logic or the store | `INTERNAL` | operator attention |
@@ -30,6 +31,7 @@ pub fn command_status(error: CommandError) -> Status {
         CommandError::Logic(error) => logic_code(error),
         CommandError::Store(error) => event_store_code(error),
         CommandError::SnapshotAhead(error) => snapshot_store_code(error),
+        CommandError::OutcomeUnknown { .. } => Code::Unavailable,
         _ => Code::Internal,
     };
     Status::new(code, error.to_string())
@@ -49,7 +51,7 @@ fn event_store_code(error: &EventStoreError) -> Code {
         EventStoreError::Conflict { .. } => Code::Aborted,
         EventStoreError::InvalidArgument(_) => Code::InvalidArgument,
         EventStoreError::LimitExceeded { .. } => Code::ResourceExhausted,
-        EventStoreError::Unavailable(_) => Code::Unavailable,
+        EventStoreError::Unavailable(_) | EventStoreError::OutcomeUnknown(_) => Code::Unavailable,
         EventStoreError::Corrupt(_) => Code::DataLoss,
         _ => Code::Internal,
     }
@@ -121,6 +123,13 @@ mod tests {
             ),
             (
                 CommandError::SnapshotAhead(SnapshotStoreError::Unavailable("down".into())),
+                Code::Unavailable,
+            ),
+            (
+                CommandError::OutcomeUnknown {
+                    idempotent: true,
+                    source: "cut".into(),
+                },
                 Code::Unavailable,
             ),
             (

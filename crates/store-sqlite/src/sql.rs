@@ -194,7 +194,11 @@ pub(crate) fn find_by_request(
     let Some(first) = rows.next()? else {
         return Ok(None);
     };
-    let digest = match first.get_ref(1)?.as_blob_or_null().map_err(Failure::corrupt)? {
+    let digest = match first
+        .get_ref(1)?
+        .as_blob_or_null()
+        .map_err(Failure::corrupt)?
+    {
         None => None,
         Some(bytes) => Some(CommandDigest::try_from(bytes).map_err(|_| {
             Failure::corrupt(format_args!(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
-    RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities, Uuid,
-    async_trait, validate_append,
+    RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities,
+    Uuid, async_trait, validate_append,
 };
 use prost::Message;
 use rusqlite::Connection;

@@ -524,16 +524,28 @@ async fn a_history_cached_by_one_process_never_hides_writes_of_another() {
         book.retry_on_conflict = true;
         book
     };
-    second.execute(retrying(command(root, &deposit(1)))).await.unwrap();
+    second
+        .execute(retrying(command(root, &deposit(1))))
+        .await
+        .unwrap();
     let overdraft = first.execute(retrying(command(root, &withdraw(60)))).await;
     assert!(
         matches!(overdraft, Err(CommandError::Rejected(_))),
         "{overdraft:?}"
     );
-    second.execute(retrying(command(root, &deposit(50)))).await.unwrap();
+    second
+        .execute(retrying(command(root, &deposit(50))))
+        .await
+        .unwrap();
     // On its cached balance of 1, `first` would refuse this; the real balance is 51.
-    first.execute(retrying(command(root, &withdraw(30)))).await.unwrap();
-    second.execute(retrying(command(root, &deposit(1)))).await.unwrap();
+    first
+        .execute(retrying(command(root, &withdraw(30))))
+        .await
+        .unwrap();
+    second
+        .execute(retrying(command(root, &deposit(1))))
+        .await
+        .unwrap();
     // The client read sequence 7 elsewhere; `first` has not seen it, yet must accept it.
     let mut current = command(root, &deposit(1));
     current.expected_sequence = Some(7);
@@ -727,10 +739,7 @@ async fn a_snapshot_found_ahead_is_deleted_and_never_trusted_once_the_stream_rea
         .await
         .unwrap();
     let fresh = || gateway_with(store.clone(), Arc::new(logic(0)), without_cache());
-    fresh()
-        .execute(command(root, &deposit(5)))
-        .await
-        .unwrap();
+    fresh().execute(command(root, &deposit(5))).await.unwrap();
     assert_eq!(
         SnapshotStore::get(store.as_ref(), &account(root))
             .await
@@ -739,10 +748,7 @@ async fn a_snapshot_found_ahead_is_deleted_and_never_trusted_once_the_stream_rea
         "deleted when found ahead"
     );
     for _ in 0..4 {
-        fresh()
-            .execute(command(root, &deposit(5)))
-            .await
-            .unwrap();
+        fresh().execute(command(root, &deposit(5))).await.unwrap();
     }
     // The stream is now past the old snapshot's sequence; the balance is 25, not 999 + 5.
     let overdraft = fresh().execute(command(root, &withdraw(500))).await;
@@ -761,7 +767,11 @@ impl SnapshotStore for Undeletable {
         SnapshotStore::get(&self.0, aggregate).await
     }
 
-    async fn put(&self, aggregate: &AggregateId, snapshot: Snapshot) -> Result<(), SnapshotStoreError> {
+    async fn put(
+        &self,
+        aggregate: &AggregateId,
+        snapshot: Snapshot,
+    ) -> Result<(), SnapshotStoreError> {
         SnapshotStore::put(&self.0, aggregate, snapshot).await
     }
 
@@ -810,7 +820,11 @@ async fn a_snapshot_without_state_or_that_does_not_decode_only_costs_a_replay() 
     for state in [None, Some(undecodable), Some(another_type)] {
         let (gateway, store) = bank(0);
         let root = Uuid::new_v4();
-        for book in [command(root, &open("ada")), command(root, &deposit(10)), command(root, &deposit(20))] {
+        for book in [
+            command(root, &open("ada")),
+            command(root, &deposit(10)),
+            command(root, &deposit(20)),
+        ] {
             gateway.execute(book).await.unwrap();
         }
         let broken = Snapshot {

@@ -55,7 +55,11 @@ fn digest(request_id: &str) -> CommandDigest {
 }
 
 /// The events stored with `request_id`, after checking the digest stored with them.
-async fn requested(store: &SqliteStore, aggregate: &AggregateId, request_id: &str) -> Vec<EventPage> {
+async fn requested(
+    store: &SqliteStore,
+    aggregate: &AggregateId,
+    request_id: &str,
+) -> Vec<EventPage> {
     match store.find_by_request(aggregate, request_id).await.unwrap() {
         None => Vec::new(),
         Some(record) => {
@@ -99,10 +103,7 @@ async fn events_round_trip_exactly() {
         store.read(&account, (2..99).into()).await.unwrap(),
         expected[2..]
     );
-    assert_eq!(
-        requested(&store, &account, "r1").await,
-        expected[..3]
-    );
+    assert_eq!(requested(&store, &account, "r1").await, expected[..3]);
     assert!(requested(&store, &account, "r2").await.is_empty());
     let correlated = store.find_by_correlation("c2").await.unwrap();
     assert_eq!(
@@ -297,10 +298,7 @@ async fn ten_thousand_events_fit_in_one_append() {
             .enumerate()
             .all(|(i, page)| page.sequence == i as u64)
     );
-    assert_eq!(
-        requested(&store, &account, "r").await.len(),
-        10_000
-    );
+    assert_eq!(requested(&store, &account, "r").await.len(), 10_000);
 }
 
 #[tokio::test]
