@@ -85,7 +85,9 @@ impl FaultyProxy {
 
     /// Closes every open connection now.
     pub fn cut_all(&self) {
-        self.shared.generation.send_modify(|generation| *generation += 1);
+        self.shared
+            .generation
+            .send_modify(|generation| *generation += 1);
     }
 
     /// How many requests were lost so far.

@@ -32,11 +32,11 @@ pub trait Harness: Send + Sync + 'static {
     ///
     /// The default opens the store again, which is right wherever `open` connects to shared
     /// data (a file, a server); a harness whose `open` makes fresh state must override it (the
-    /// race across instances then finds two winners). Return `None` only if the backend truly
-    /// cannot have two instances at once: the property then checks nothing, and says so.
-    async fn open_another(&self, namespace: &str, first: &Self::Store) -> Option<Self::Store> {
+    /// race across instances then finds two winners). Every backend can: a second process over
+    /// the same database is the normal deployment.
+    async fn open_another(&self, namespace: &str, first: &Self::Store) -> Self::Store {
         let _ = first;
-        Some(self.open(namespace).await)
+        self.open(namespace).await
     }
 
     /// Removes what `namespace` left behind, after the case that used it.

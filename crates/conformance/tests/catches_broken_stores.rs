@@ -186,17 +186,17 @@ impl EventStore for Mutant {
         if self.has(Bug::BatchLimitOffByOne) {
             limits.max_batch_len = limits.max_batch_len.map(|max| max - 1);
         }
-        if self.has(Bug::EventSizeMeasuredOnPayload) {
-            if let Some(max) = limits.max_event_bytes.take() {
-                let payload_size =
-                    |page: &EventPage| page.payload.as_ref().map_or(0, |p| p.value.len());
-                if let Some(page) = append.events.iter().find(|page| payload_size(page) > max) {
-                    return Err(EventStoreError::LimitExceeded {
-                        limit: Limit::EventBytes,
-                        max,
-                        actual: payload_size(page),
-                    });
-                }
+        if self.has(Bug::EventSizeMeasuredOnPayload)
+            && let Some(max) = limits.max_event_bytes.take()
+        {
+            let payload_size =
+                |page: &EventPage| page.payload.as_ref().map_or(0, |p| p.value.len());
+            if let Some(page) = append.events.iter().find(|page| payload_size(page) > max) {
+                return Err(EventStoreError::LimitExceeded {
+                    limit: Limit::EventBytes,
+                    max,
+                    actual: payload_size(page),
+                });
             }
         }
         validate_append(&append, &limits)?;
@@ -344,10 +344,10 @@ impl EventStore for Mutant {
                 }
             }
         }
-        if self.has(Bug::RequestDigestLost) {
-            if let Some(record) = found.as_mut() {
-                record.digest = None;
-            }
+        if self.has(Bug::RequestDigestLost)
+            && let Some(record) = found.as_mut()
+        {
+            record.digest = None;
         }
         Ok(found)
     }
@@ -364,10 +364,10 @@ impl SnapshotStore for Mutant {
             if self.has(Bug::UnsetSnapshotStateBecomesEmpty) && snapshot.state.is_none() {
                 snapshot.state = Some(Any::default());
             }
-            if self.has(Bug::SnapshotsTruncatedAt64KiB) {
-                if let Some(state) = snapshot.state.as_mut() {
-                    state.value.truncate(64 * 1024);
-                }
+            if self.has(Bug::SnapshotsTruncatedAt64KiB)
+                && let Some(state) = snapshot.state.as_mut()
+            {
+                state.value.truncate(64 * 1024);
             }
             snapshot
         }))

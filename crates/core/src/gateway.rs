@@ -8,11 +8,11 @@ use angzarr_ports::{
     AggregateId, Append, ClientLogic, ClientLogicError, CommandDigest, Domain, EventStore,
     EventStoreError, EventStoreExt, RequestKey, SnapshotStore, StoreCapabilities,
 };
-use sha2::{Digest, Sha256};
 use angzarr_proto::v1::{
     BusinessReply, CommandBook, CommandResponse, ContextualCommand, Cover, EventBook, EventPage,
     EventsEmitted, Snapshot, business_reply::Outcome,
 };
+use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::CommandError;
@@ -392,7 +392,11 @@ impl Gateway {
                 actual: next_sequence,
             }));
         }
-        let kept = self.inner.cache.would_keep(&history).then(|| history.clone());
+        let kept = self
+            .inner
+            .cache
+            .would_keep(&history)
+            .then(|| history.clone());
         let had_snapshot = history.snapshot.is_some();
         let cover = command.book.cover.clone();
         let contextual = ContextualCommand {
@@ -406,7 +410,8 @@ impl Gateway {
         let decided = match logic.handle(contextual).await {
             Ok(reply) => accepted_events(reply),
             Err(
-                error @ (ClientLogicError::InvalidSnapshot(_) | ClientLogicError::InvalidHistory(_)),
+                error
+                @ (ClientLogicError::InvalidSnapshot(_) | ClientLogicError::InvalidHistory(_)),
             ) if had_snapshot => {
                 // A snapshot is only a cache: one the logic cannot read is dropped, and the
                 // events replayed.
@@ -464,9 +469,7 @@ impl Gateway {
                     // The rule of the proto's `retry_on_conflict`: the command was decided on a
                     // state another writer has moved past, whether that state was loaded or
                     // cached, so without retries it fails. With them, a stale cache costs none.
-                    Ok(None) if from_cache && command.book.retry_on_conflict => {
-                        Attempt::StaleCache
-                    }
+                    Ok(None) if from_cache && command.book.retry_on_conflict => Attempt::StaleCache,
                     Ok(None) => Attempt::LostRace { expected, actual },
                     Err(error) => Attempt::Done(Err(error)),
                 };
@@ -518,7 +521,9 @@ impl Gateway {
                         Err(error) => unknown = Box::new(error),
                     }
                 }
-                Err(EventStoreError::OutcomeUnknown(error) | EventStoreError::Unavailable(error)) => {
+                Err(
+                    EventStoreError::OutcomeUnknown(error) | EventStoreError::Unavailable(error),
+                ) => {
                     unknown = error;
                 }
                 Err(other) => unknown = Box::new(other),

@@ -73,7 +73,8 @@ impl EventQuery for EventQueryService {
                 });
             // Only a snapshot with a state, inside the asked range, can stand in for its first
             // events.
-            snapshot = stored.filter(|stored| stored.sequence >= range.from && stored.state.is_some());
+            snapshot =
+                stored.filter(|stored| stored.sequence >= range.from && stored.state.is_some());
         }
         let mut pages = match &snapshot {
             Some(stored) => {

@@ -18,8 +18,8 @@ impl Harness for Memory {
     }
 
     /// A clone: it shares the first instance's data.
-    async fn open_another(&self, _namespace: &str, first: &MemoryStore) -> Option<MemoryStore> {
-        Some(first.clone())
+    async fn open_another(&self, _namespace: &str, first: &MemoryStore) -> MemoryStore {
+        first.clone()
     }
 
     fn persistent(&self) -> bool {
@@ -47,8 +47,8 @@ impl Harness for LimitedMemory {
         MemoryStore::with_capabilities(LIMITS)
     }
 
-    async fn open_another(&self, _namespace: &str, first: &MemoryStore) -> Option<MemoryStore> {
-        Some(first.clone())
+    async fn open_another(&self, _namespace: &str, first: &MemoryStore) -> MemoryStore {
+        first.clone()
     }
 
     fn persistent(&self) -> bool {

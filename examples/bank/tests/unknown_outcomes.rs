@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use angzarr_core::{CommandError, Gateway};
 use angzarr_example_bank::proto::{BankEvent, Deposited, bank_event::Kind};
 use angzarr_example_bank::{DOMAIN, command, deposit, logic, open};
-use prost_types::Any;
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
     EventStoreExt, RequestRecord, SequenceRange, StoreCapabilities, Uuid, async_trait,
 };
 use angzarr_store_memory::MemoryStore;
+use prost_types::Any;
 
 /// What the next appends meet, in order; once the script is out, appends go through.
 #[derive(Debug, Clone, Copy)]

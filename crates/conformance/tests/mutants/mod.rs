@@ -346,11 +346,11 @@ impl Harness for Racy {
         Mutant::new(self.0, Arc::default())
     }
 
-    async fn open_another(&self, namespace: &str, first: &Mutant) -> Option<Mutant> {
+    async fn open_another(&self, namespace: &str, first: &Mutant) -> Mutant {
         if self.0 == Bug::PrivateState {
-            return Some(self.open(namespace).await);
+            return self.open(namespace).await;
         }
-        Some(Mutant::new(self.0, Arc::clone(&first.shared)))
+        Mutant::new(self.0, Arc::clone(&first.shared))
     }
 
     fn persistent(&self) -> bool {
