@@ -5,14 +5,16 @@
 //! the connection variables it exports. xtask detaches the server itself (own process group,
 //! output to `target/services/<name>/<name>.log`, pid in `target/services/<name>/<name>.pid`),
 //! waits until its port accepts connections, and stops it with SIGTERM (SIGKILL after a
-//! timeout). The variables of the running services are written to `target/services/env`:
+//! timeout). A row's [`Setup`] adds what a server needs beyond that (PostgreSQL: `initdb`, a
+//! non-root user, a database created once it runs). The variables of the running services
+//! are written to `target/services/env`:
 //!
 //! ```sh
 //! set -a; . target/services/env; set +a
 //! ```
 //!
-//! Adding a service (PostgreSQL, the Bigtable or Spanner emulator, moto for DynamoDB) is one
-//! more row; a backend that needs it lists its name in `test::BACKENDS`, and from then on
+//! Adding a service (the Bigtable or Spanner emulator, moto for DynamoDB) is one more row; a
+//! backend that needs it lists its name in `test::BACKENDS`, and from then on
 //! `cargo xtask test` starts it before the tests and stops it after.
 
 use std::ffi::OsString;
@@ -76,48 +78,342 @@ pub(crate) struct Service {
     pub(crate) env: fn(&Layout) -> Vec<(&'static str, String)>,
     /// How long the port may take to accept connections.
     pub(crate) ready_timeout: Duration,
+    /// What the service needs beyond that; [`Setup::NONE`] for most.
+    pub(crate) setup: Setup,
+}
+
+/// The steps of a service that is more than one executable run as xtask's user (PostgreSQL:
+/// binaries off `PATH`, a data directory made by `initdb`, a non-root user, a database to
+/// create once it runs).
+pub(crate) struct Setup {
+    /// Directories searched for `binary` (and its companion tools) before `PATH`.
+    pub(crate) bin_dirs: fn() -> Vec<PathBuf>,
+    /// The OS user that runs the server (and `init`) when xtask runs as root; it then owns
+    /// `target/services/<name>/`. `None`: xtask's own user.
+    pub(crate) user: Option<&'static str>,
+    /// Runs before every start (as `user`), to prepare the data directory if needed.
+    pub(crate) init: Option<fn(&Step<'_>) -> Result<()>>,
+    /// Runs once the port accepts connections, again and again until it succeeds or the
+    /// ready timeout ends: the server is ready when it does (PostgreSQL accepts connections
+    /// before it serves them, and the test database is created here).
+    pub(crate) ready: Option<fn(&Step<'_>) -> Result<()>>,
+    /// The signal that stops the server (`kill -<signal>`), SIGKILL after a timeout.
+    pub(crate) stop_signal: &'static str,
+}
+
+impl Setup {
+    /// Nothing beyond the row: `binary` on `PATH`, run as xtask's user, stopped by SIGTERM.
+    pub(crate) const NONE: Self = Self {
+        bin_dirs: Vec::new,
+        user: None,
+        init: None,
+        ready: None,
+        stop_signal: "TERM",
+    };
+}
+
+/// What a [`Setup`] step works with.
+pub(crate) struct Step<'a> {
+    /// The service's files.
+    pub(crate) layout: &'a Layout,
+    /// The server's executable: companion tools are beside it.
+    pub(crate) binary: &'a Path,
+    /// The uid and gid of [`Setup::user`], when xtask runs as root.
+    user: Option<(u32, u32)>,
+}
+
+impl Step<'_> {
+    /// A command for `tool` (beside the server's executable), run as the service's user in
+    /// the service's directory.
+    pub(crate) fn command(&self, tool: &str) -> Command {
+        let mut command = Command::new(self.binary.with_file_name(tool));
+        command.current_dir(&self.layout.dir);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
 }
 
 /// Every service xtask knows. Which ones `cargo xtask test` starts is decided by the
-/// `services` of `test::BACKENDS` (today: none).
-pub(crate) const SERVICES: &[Service] = &[Service {
-    name: "redis",
-    binary: "redis-server",
-    install: Install::Apt {
-        packages: &["redis-server"],
-        system_service: Some("redis-server"),
+/// `services` of `test::BACKENDS`.
+pub(crate) const SERVICES: &[Service] = &[
+    Service {
+        name: "redis",
+        binary: "redis-server",
+        install: Install::Apt {
+            packages: &["redis-server"],
+            system_service: Some("redis-server"),
+        },
+        // Not 6379, where a system Redis may run.
+        port: 16379,
+        args: |layout| redis_args(layout, &[]),
+        env: |layout| {
+            vec![(
+                "ANGZARR_TEST_REDIS_URL",
+                format!("redis://127.0.0.1:{}", layout.port),
+            )]
+        },
+        ready_timeout: Duration::from_secs(30),
+        setup: Setup::NONE,
     },
-    port: 6379,
-    args: |layout| {
-        let mut args: Vec<OsString> = [
-            "--port",
-            &layout.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--protected-mode",
-            "yes",
-            "--daemonize",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--dir",
-        ]
+    // The three masters of `redis-cluster` (see `GROUPS`); the last one joins them.
+    redis_cluster_node("redis-cluster-1", REDIS_CLUSTER_PORTS[0], Setup::NONE),
+    redis_cluster_node("redis-cluster-2", REDIS_CLUSTER_PORTS[1], Setup::NONE),
+    redis_cluster_node(
+        "redis-cluster-3",
+        REDIS_CLUSTER_PORTS[2],
+        Setup {
+            ready: Some(redis_cluster_ready),
+            ..Setup::NONE
+        },
+    ),
+    Service {
+        name: "postgres",
+        binary: "postgres",
+        install: Install::Apt {
+            packages: &["postgresql"],
+            system_service: Some("postgresql"),
+        },
+        // Not 5432, where a system cluster may run.
+        port: 55432,
+        args: |layout| {
+            let mut args: Vec<OsString> = vec!["-D".into(), layout.data.clone().into()];
+            args.extend(["-k".into(), layout.dir.clone().into()]);
+            args.extend(
+                [
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &layout.port.to_string(),
+                    // Test binaries run in parallel, each with pools of its own.
+                    "-c",
+                    "max_connections=300",
+                ]
+                .map(OsString::from),
+            );
+            args
+        },
+        env: |layout| {
+            vec![(
+                "ANGZARR_TEST_POSTGRES_URL",
+                format!(
+                    "postgres://postgres@127.0.0.1:{}/{POSTGRES_DATABASE}",
+                    layout.port
+                ),
+            )]
+        },
+        ready_timeout: Duration::from_secs(60),
+        setup: Setup {
+            bin_dirs: postgres_bin_dirs,
+            user: Some("postgres"),
+            init: Some(postgres_init),
+            ready: Some(postgres_ready),
+            // A fast shutdown: SIGTERM would wait for every client to disconnect.
+            stop_signal: "INT",
+        },
+    },
+];
+
+/// Services that run as several processes, each a row of [`SERVICES`]: the group's name, on
+/// the command line and in `test::BACKENDS`, stands for all its rows, started in table order
+/// and stopped together.
+const GROUPS: &[(&str, &[&str])] = &[(
+    "redis-cluster",
+    &["redis-cluster-1", "redis-cluster-2", "redis-cluster-3"],
+)];
+
+/// The ports of the Redis Cluster's masters; each also listens on its port + 10000 (the
+/// cluster bus), so they stay below 55536.
+const REDIS_CLUSTER_PORTS: [u16; 3] = [17001, 17002, 17003];
+
+/// `redis-server` in the foreground on `127.0.0.1`, with `extra` arguments. Durability as the
+/// store's README recommends for tests: the append-only file on, fsynced every second
+/// (`everysec`), no RDB snapshots.
+fn redis_args(layout: &Layout, extra: &[&str]) -> Vec<OsString> {
+    let port = layout.port.to_string();
+    let mut args: Vec<OsString> = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+    ]
+    .iter()
+    .chain(extra)
+    .map(OsString::from)
+    .collect();
+    args.push("--dir".into());
+    args.push(layout.data.clone().into());
+    args
+}
+
+/// One master of the test Redis Cluster, its cluster state in `data/nodes.conf`.
+const fn redis_cluster_node(name: &'static str, port: u16, setup: Setup) -> Service {
+    Service {
+        name,
+        binary: "redis-server",
+        install: Install::Apt {
+            packages: &["redis-server"],
+            system_service: Some("redis-server"),
+        },
+        port,
+        args: |layout| {
+            redis_args(
+                layout,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )
+        },
+        env: |layout| {
+            if layout.port != REDIS_CLUSTER_PORTS[2] {
+                return Vec::new();
+            }
+            let urls: Vec<String> = REDIS_CLUSTER_PORTS
+                .iter()
+                .map(|port| format!("redis://127.0.0.1:{port}"))
+                .collect();
+            vec![("ANGZARR_TEST_REDIS_CLUSTER_URLS", urls.join(","))]
+        },
+        ready_timeout: Duration::from_secs(30),
+        setup,
+    }
+}
+
+/// Ready once every master reports `cluster_state:ok`. Fresh masters (no slot assigned
+/// anywhere) are first joined into a cluster by `redis-cli --cluster create`; masters that
+/// were a cluster before (their `nodes.conf` kept) find each other again by themselves.
+fn redis_cluster_ready(step: &Step<'_>) -> Result<()> {
+    let info = |port: u16| -> Result<String> {
+        let output = step
+            .command("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "cluster", "info"])
+            .output()
+            .context("could not run redis-cli")?;
+        if !output.status.success() {
+            bail!("redis-cli: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let field = |info: &str, name: &str| -> String {
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let infos = REDIS_CLUSTER_PORTS
         .iter()
-        .map(OsString::from)
+        .map(|port| info(*port))
+        .collect::<Result<Vec<_>>>()?;
+    if infos.iter().all(|info| field(info, "cluster_state") == "ok") {
+        return Ok(());
+    }
+    if infos
+        .iter()
+        .all(|info| field(info, "cluster_slots_assigned") == "0")
+    {
+        let mut create = step.command("redis-cli");
+        create
+            .arg("--cluster")
+            .arg("create")
+            .args(REDIS_CLUSTER_PORTS.map(|port| format!("127.0.0.1:{port}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::io::stderr());
+        run_status(&mut create).context("redis-cli --cluster create failed")?;
+    }
+    bail!(
+        "the cluster is not ok yet (cluster_state:{}); if this lasts, remove \
+         target/services/redis-cluster-* and start it afresh",
+        field(&infos[0], "cluster_state")
+    )
+}
+
+/// The database the tests use.
+const POSTGRES_DATABASE: &str = "angzarr_test";
+
+/// Debian installs PostgreSQL's programs in `/usr/lib/postgresql/<major>/bin`, off `PATH`:
+/// the newest first.
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            Some((major, entry.path().join("bin")))
+        })
         .collect();
-        args.push(layout.data.clone().into());
-        args
-    },
-    env: |layout| {
-        vec![(
-            "ANGZARR_REDIS_URL",
-            format!("redis://127.0.0.1:{}", layout.port),
-        )]
-    },
-    ready_timeout: Duration::from_secs(30),
-}];
+    majors.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+    majors.into_iter().map(|(_, dir)| dir).collect()
+}
+
+/// Makes the data directory with `initdb` unless it holds a cluster already: trust
+/// authentication (the server listens on loopback only), UTF-8, byte-order collation.
+fn postgres_init(step: &Step<'_>) -> Result<()> {
+    if step.layout.data.join("PG_VERSION").is_file() {
+        return Ok(());
+    }
+    let mut initdb = step.command("initdb");
+    initdb
+        .arg("-D")
+        .arg(&step.layout.data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        ])
+        .stdout(std::io::stderr());
+    run_status(&mut initdb).context("initdb failed")
+}
+
+/// Creates the test database unless it exists; fails while the server is still starting.
+fn postgres_ready(step: &Step<'_>) -> Result<()> {
+    let psql = |sql: &str| -> Result<String> {
+        let output = step
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &step.layout.port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XtAq",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-c", sql])
+            .output()
+            .context("could not run psql")?;
+        if !output.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let exists = psql(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{POSTGRES_DATABASE}'"
+    ))?;
+    if exists.is_empty() {
+        psql(&format!("CREATE DATABASE {POSTGRES_DATABASE}"))?;
+    }
+    Ok(())
+}
 
 /// How long a server has to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -154,7 +450,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let named = names
         .iter()
         .map(|name| find(name))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .concat();
     match action.as_str() {
         "up" => {
             let services = if named.is_empty() {
@@ -189,11 +486,26 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
 }
 
-fn find(name: &str) -> Result<&'static Service> {
-    SERVICES.iter().find(|s| s.name == name).with_context(|| {
-        let known: Vec<_> = SERVICES.iter().map(|s| s.name).collect();
-        format!("unknown service `{name}`; known: {}", known.join(", "))
-    })
+/// The rows a service name stands for: its own, or those of its group.
+fn find(name: &str) -> Result<Vec<&'static Service>> {
+    let alone = [name];
+    let members = GROUPS
+        .iter()
+        .find(|(group, _)| *group == name)
+        .map_or(&alone[..], |(_, members)| members);
+    members
+        .iter()
+        .map(|member| {
+            SERVICES.iter().find(|s| s.name == *member).with_context(|| {
+                let known: Vec<_> = GROUPS
+                    .iter()
+                    .map(|(group, _)| *group)
+                    .chain(SERVICES.iter().map(|s| s.name))
+                    .collect();
+                format!("unknown service `{member}`; known: {}", known.join(", "))
+            })
+        })
+        .collect()
 }
 
 fn all() -> Vec<&'static Service> {
@@ -202,18 +514,17 @@ fn all() -> Vec<&'static Service> {
 
 /// The services the given backend names need, deduplicated, in table order.
 pub(crate) fn for_backends(names: &[&str]) -> Result<Vec<&'static Service>> {
+    let mut needed = Vec::new();
     for backend in BACKENDS.iter().filter(|b| names.contains(&b.name)) {
         for service in backend.services {
-            find(service).with_context(|| format!("backend {} needs it", backend.name))?;
+            needed.extend(
+                find(service).with_context(|| format!("backend {} needs it", backend.name))?,
+            );
         }
     }
     Ok(SERVICES
         .iter()
-        .filter(|s| {
-            BACKENDS
-                .iter()
-                .any(|b| names.contains(&b.name) && b.services.contains(&s.name))
-        })
+        .filter(|s| needed.iter().any(|needed| needed.name == s.name))
         .collect())
 }
 
@@ -271,6 +582,20 @@ fn start(service: &Service, layout: &Layout) -> Result<()> {
     let _ = fs::remove_file(&layout.pidfile);
     fs::write(&layout.log, "")
         .with_context(|| format!("could not create {}", layout.log.display()))?;
+    let step = Step {
+        layout,
+        binary: &binary,
+        user: service_user(service)?,
+    };
+    if let Some((uid, gid)) = step.user {
+        for path in [&layout.dir, &layout.data, &layout.log] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("could not hand {} to its user", path.display()))?;
+        }
+    }
+    if let Some(init) = service.setup.init {
+        init(&step).with_context(|| format!("could not prepare {}", service.name))?;
+    }
 
     // `sh` starts the server in the background with its output in the log and writes its
     // pid, then exits: the server is reparented to init and outlives xtask. The new process
@@ -288,6 +613,9 @@ fn start(service: &Service, layout: &Layout) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .process_group(0);
+    if let Some((uid, gid)) = step.user {
+        command.uid(uid).gid(gid);
+    }
     let mut shown = Command::new(&binary);
     shown.args((service.args)(layout));
     eprintln!(
@@ -319,11 +647,28 @@ fn start(service: &Service, layout: &Layout) -> Result<()> {
         }
         if TcpStream::connect_timeout(&service.address(), Duration::from_millis(250)).is_ok() {
             if !alive(pid, service.binary) {
-                let _ = signal("TERM", pid);
+                let _ = signal(service.setup.stop_signal, pid);
                 bail!(
                     "{} is listening, but pid {pid} does not run {}: cannot manage it",
                     service.address(),
                     service.binary
+                );
+            }
+            let ready = service.setup.ready.map_or(Ok(()), |ready| ready(&step));
+            if let Err(error) = ready {
+                if Instant::now() < deadline {
+                    sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let _ = signal(service.setup.stop_signal, pid);
+                let _ = fs::remove_file(&layout.pidfile);
+                bail!(
+                    "{} accepts connections but is not ready within {:?}: {error:#}; \
+                     last lines of {}:\n{}",
+                    service.name,
+                    service.ready_timeout,
+                    layout.log.display(),
+                    log_tail(&layout.log)
                 );
             }
             eprintln!(
@@ -336,7 +681,7 @@ fn start(service: &Service, layout: &Layout) -> Result<()> {
         }
         if Instant::now() >= deadline {
             let tail = log_tail(&layout.log);
-            let _ = signal("TERM", pid);
+            let _ = signal(service.setup.stop_signal, pid);
             let _ = fs::remove_file(&layout.pidfile);
             bail!(
                 "{} did not accept connections on {} within {:?}; last lines of {}:\n{tail}",
@@ -373,7 +718,7 @@ fn stop(service: &Service) -> Result<()> {
         return Ok(());
     };
     eprintln!("services: stopping {} (pid {pid})", service.name);
-    signal("TERM", pid)?;
+    signal(service.setup.stop_signal, pid)?;
     let deadline = Instant::now() + STOP_TIMEOUT;
     while alive(pid, service.binary) {
         if Instant::now() >= deadline {
@@ -402,7 +747,7 @@ fn stop(service: &Service) -> Result<()> {
 fn status(services: &[&'static Service]) -> Result<()> {
     for service in services {
         let layout = service.layout();
-        let installed = match find_binary(service.binary) {
+        let installed = match find_binary(service) {
             Some(path) => path.display().to_string(),
             None => "not installed".to_owned(),
         };
@@ -523,16 +868,48 @@ fn venv_dir() -> PathBuf {
     services_dir().join("venv")
 }
 
-fn find_binary(binary: &str) -> Option<PathBuf> {
+fn find_binary(service: &Service) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::iter::once(venv_dir().join("bin"))
+    (service.setup.bin_dirs)()
+        .into_iter()
+        .chain(std::iter::once(venv_dir().join("bin")))
         .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join(binary))
+        .map(|dir| dir.join(service.binary))
         .find(|candidate| candidate.is_file())
 }
 
+/// The uid and gid of the service's [`Setup::user`] if xtask runs as root (and so must not
+/// run the server as itself); `None` otherwise.
+fn service_user(service: &Service) -> Result<Option<(u32, u32)>> {
+    let Some(user) = service.setup.user else {
+        return Ok(None);
+    };
+    let id = |flag: &str, of: Option<&str>| -> Result<u32> {
+        let output = Command::new("id")
+            .arg(flag)
+            .args(of)
+            .output()
+            .context("could not run id")?;
+        if !output.status.success() {
+            bail!(
+                "{} runs as the OS user `{user}`, which does not exist: {}",
+                service.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .context("id printed no number")
+    };
+    if id("-u", None)? != 0 {
+        return Ok(None);
+    }
+    Ok(Some((id("-u", Some(user))?, id("-g", Some(user))?)))
+}
+
 fn ensure_installed(service: &Service) -> Result<PathBuf> {
-    if let Some(path) = find_binary(service.binary) {
+    if let Some(path) = find_binary(service) {
         return Ok(path);
     }
     match &service.install {
@@ -596,7 +973,7 @@ fn ensure_installed(service: &Service) -> Result<PathBuf> {
             .with_context(|| format!("could not pip install {}", packages.join(" ")))?;
         }
     }
-    find_binary(service.binary).with_context(|| {
+    find_binary(service).with_context(|| {
         format!(
             "{} is still not found after installing it (PATH and {})",
             service.binary,

@@ -8,8 +8,9 @@
 //!    `cargo test --all-targets --locked --no-fail-fast` and `cargo test --doc`, streaming
 //!    the output to the terminal while capturing it.
 //! 3. Checks in the captured output that each backend's conformance suite ran, with
-//!    `conformance::state_machine` passing and no test failed or ignored. A suite that did
-//!    not run is a failure, never a skip.
+//!    `<suite>::state_machine` passing for each of its suites (`conformance::state_machine`
+//!    for most) and no test failed or ignored. A suite that did not run is a failure, never
+//!    a skip.
 //! 4. Stops the services it started, whatever happened, and prints a line per backend.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,11 @@ pub(crate) struct Backend {
     pub(crate) package: &'static str,
     /// The services (names in `services::SERVICES`) its tests need.
     pub(crate) services: &'static [&'static str],
+    /// The modules its `tests/conformance.rs` runs the suite in: `conformance` for a plain
+    /// `store_suite!(harness)`, the names given to `store_suite!(name, harness)` for a suite
+    /// run several times (say, against a single server and against a cluster). Each one's
+    /// `state_machine` must pass.
+    pub(crate) suites: &'static [&'static str],
 }
 
 /// Every backend whose conformance suite must run and pass.
@@ -38,11 +44,25 @@ pub(crate) const BACKENDS: &[Backend] = &[
         name: "memory",
         package: "angzarr-store-memory",
         services: &[],
+        suites: &["conformance"],
     },
     Backend {
         name: "sqlite",
         package: "angzarr-store-sqlite",
         services: &[],
+        suites: &["conformance"],
+    },
+    Backend {
+        name: "postgres",
+        package: "angzarr-store-postgres",
+        services: &["postgres"],
+        suites: &["conformance"],
+    },
+    Backend {
+        name: "redis",
+        package: "angzarr-store-redis",
+        services: &["redis", "redis-cluster"],
+        suites: &["single", "cluster"],
     },
 ];
 
@@ -52,8 +72,8 @@ const PYTHON_REQUIREMENTS: &str = "crates/angzarr/tests/python/requirements.txt"
 /// The modules of those requirements, as the client imports them.
 const PYTHON_MODULES: &str = "import grpc, grpc_reflection, google.protobuf";
 
-/// The test of the suite that must be among the passing ones.
-const REQUIRED_TEST: &str = "conformance::state_machine";
+/// The property of each suite that must be among the passing tests.
+const REQUIRED_PROPERTY: &str = "state_machine";
 /// The name of the integration test target of the suite (`tests/conformance.rs`).
 const SUITE_TARGET: &str = "conformance";
 
@@ -468,14 +488,15 @@ fn verify(
             failing.join(", ")
         ));
     }
-    if !section
-        .tests
-        .iter()
-        .any(|(name, outcome)| name == REQUIRED_TEST && outcome == "ok")
-    {
-        return Err(format!(
-            "`test {REQUIRED_TEST} ... ok` is missing from its output"
-        ));
+    for suite in backend.suites {
+        let required = format!("{suite}::{REQUIRED_PROPERTY}");
+        if !section
+            .tests
+            .iter()
+            .any(|(name, outcome)| *name == required && outcome == "ok")
+        {
+            return Err(format!("`test {required} ... ok` is missing from its output"));
+        }
     }
     Ok(passed)
 }
@@ -531,6 +552,7 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
             name,
             package: "angzarr-store-x",
             services: &[],
+            suites: &["conformance"],
         }
     }
 
@@ -605,6 +627,30 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
             result
                 .unwrap_err()
                 .contains("state_machine ... ok` is missing")
+        );
+    }
+
+    #[test]
+    fn every_named_suite_must_pass_its_state_machine() {
+        let two = Backend {
+            suites: &["single", "cluster"],
+            ..backend("redis")
+        };
+        let output = OUTPUT.replace(
+            "test conformance::state_machine ... ok",
+            "test single::state_machine ... ok\ntest cluster::state_machine ... ok",
+        );
+        let ran = verify(&two, &executables(&["conformance-1111"]), &sections(&output));
+        assert_eq!(ran, Ok(2));
+        // The cluster suite did not run: `single` alone is not enough.
+        let output = OUTPUT.replace(
+            "test conformance::state_machine ... ok",
+            "test single::state_machine ... ok",
+        );
+        let one = verify(&two, &executables(&["conformance-1111"]), &sections(&output));
+        assert!(
+            one.unwrap_err()
+                .contains("`test cluster::state_machine ... ok` is missing")
         );
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct Server {
 pub(crate) enum StoreKind {
     Sqlite,
     Memory,
+    Postgres,
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +55,30 @@ pub(crate) struct Store {
     /// Where the SQLite file lives.
     pub(crate) data_dir: PathBuf,
     pub(crate) synchronous: Synchronous,
+    /// PostgreSQL: a libpq URL or connection string. Redis: `redis://` or `rediss://` URL; for
+    /// a cluster, the URLs of some of its nodes separated by commas.
+    pub(crate) url: String,
+    /// Redis: the URLs are nodes of a Redis Cluster.
+    pub(crate) cluster: bool,
+    /// PostgreSQL: the most connections kept open.
+    pub(crate) pool_size: usize,
+    /// PostgreSQL and Redis: how long connecting may take.
+    pub(crate) connect_timeout_ms: u64,
+    /// PostgreSQL and Redis: how long one request may take before it fails (an append then has
+    /// an unknown outcome, which the core resolves).
+    pub(crate) operation_timeout_ms: u64,
+    /// PostgreSQL: the schema of the store's tables. Redis: the prefix of its keys.
+    pub(crate) namespace: String,
+}
+
+impl Store {
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        Duration::from_millis(self.operation_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +136,12 @@ impl Default for Store {
             kind: StoreKind::Sqlite,
             data_dir: PathBuf::from("./angzarr-data"),
             synchronous: Synchronous::Full,
+            url: String::new(),
+            cluster: false,
+            pool_size: 16,
+            connect_timeout_ms: 5_000,
+            operation_timeout_ms: 10_000,
+            namespace: "angzarr".into(),
         }
     }
 }
@@ -229,6 +261,17 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             bail!("server.request_timeout_ms must be positive");
+        }
+        let networked = matches!(self.store.kind, StoreKind::Postgres | StoreKind::Redis);
+        if networked && self.store.url.is_empty() {
+            bail!(
+                "store.url is required for the {:?} store (ANGZARR_STORE_URL, or url in [store])",
+                self.store.kind
+            );
+        }
+        if networked && (self.store.connect_timeout_ms == 0 || self.store.operation_timeout_ms == 0)
+        {
+            bail!("store.connect_timeout_ms and store.operation_timeout_ms must be positive");
         }
         Ok(())
     }

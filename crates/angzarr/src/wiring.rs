@@ -5,6 +5,10 @@ use std::sync::Arc;
 use angzarr_core::Gateway;
 use angzarr_ports::{ClientLogic, Domain, EventStore, SnapshotStore};
 use angzarr_store_memory::MemoryStore;
+#[cfg(feature = "postgres")]
+use angzarr_store_postgres::{PostgresConfig, PostgresStore};
+#[cfg(feature = "redis")]
+use angzarr_store_redis::{RedisConfig, RedisStore};
 #[cfg(feature = "sqlite")]
 use angzarr_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 #[cfg(feature = "sqlite")]
@@ -17,6 +21,10 @@ use crate::config::{self, Config, StoreKind};
 pub(crate) enum OpenedStore {
     #[cfg(feature = "sqlite")]
     Sqlite(Arc<SqliteStore>),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<PostgresStore>, String),
+    #[cfg(feature = "redis")]
+    Redis(Arc<RedisStore>, String),
     Memory(Arc<MemoryStore>),
 }
 
@@ -46,6 +54,51 @@ impl OpenedStore {
                     .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
                 Ok(Self::Sqlite(Arc::new(store)))
             }
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres => {
+                bail!("this build has no PostgreSQL store: rebuild with `--features postgres`")
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => {
+                let postgres = PostgresConfig::new(config.url.as_str())
+                    .with_schema(config.namespace.as_str())
+                    .with_pool_size(config.pool_size)
+                    .with_connect_timeout(config.connect_timeout())
+                    .with_operation_timeout(config.operation_timeout());
+                let described = format!("PostgreSQL at {}", postgres.redacted_url());
+                // Opening connects and migrates: bounded, so a wrong host or password is an
+                // error within seconds, never a hang.
+                let store = PostgresStore::open(postgres)
+                    .await
+                    .with_context(|| format!("cannot open the {described}"))?;
+                Ok(Self::Postgres(Arc::new(store), described))
+            }
+            #[cfg(not(feature = "redis"))]
+            StoreKind::Redis => {
+                bail!("this build has no Redis store: rebuild with `--features redis`")
+            }
+            #[cfg(feature = "redis")]
+            StoreKind::Redis => {
+                let urls: Vec<&str> = config.url.split(',').map(str::trim).collect();
+                let redis = if config.cluster {
+                    RedisConfig::cluster(urls)
+                } else if let [url] = urls.as_slice() {
+                    RedisConfig::single(*url)
+                } else {
+                    bail!(
+                        "store.url holds several URLs: set store.cluster = true for a Redis Cluster"
+                    )
+                };
+                let redis = redis
+                    .with_key_prefix(config.namespace.as_str())
+                    .with_connection_timeout(config.connect_timeout())
+                    .with_response_timeout(config.operation_timeout());
+                let described = format!("Redis {:?}", redis.topology);
+                let store = RedisStore::open(redis)
+                    .await
+                    .with_context(|| format!("cannot open the {described}"))?;
+                Ok(Self::Redis(Arc::new(store), described))
+            }
         }
     }
 
@@ -53,6 +106,10 @@ impl OpenedStore {
         match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => format!("SQLite at {}", store.path().display()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_, described) => described.clone(),
+            #[cfg(feature = "redis")]
+            Self::Redis(_, described) => described.clone(),
             Self::Memory(_) => "memory (nothing survives a restart)".to_owned(),
         }
     }
@@ -61,6 +118,10 @@ impl OpenedStore {
         match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => store.clone(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store, _) => store.clone(),
+            #[cfg(feature = "redis")]
+            Self::Redis(store, _) => store.clone(),
             Self::Memory(store) => store.clone(),
         }
     }
@@ -69,6 +130,10 @@ impl OpenedStore {
         match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(store) => store.clone(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store, _) => store.clone(),
+            #[cfg(feature = "redis")]
+            Self::Redis(store, _) => store.clone(),
             Self::Memory(store) => store.clone(),
         }
     }
@@ -86,6 +151,12 @@ impl OpenedStore {
                     drop(store);
                 }
             },
+            // Their writes are acknowledged by the server before a command answers: dropping
+            // the pool or connection is all there is to closing.
+            #[cfg(feature = "postgres")]
+            Self::Postgres(..) => {}
+            #[cfg(feature = "redis")]
+            Self::Redis(..) => {}
             Self::Memory(_) => {}
         }
     }

@@ -1,13 +1,10 @@
 //! End to end: the real `angzarr` binary as a separate process on a free port, driven only
 //! through gRPC.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use angzarr_example_bank::{command, deposit, open, withdraw};
-use angzarr_proto::v1::command_gateway_client::CommandGatewayClient;
 use angzarr_proto::v1::event_query_client::EventQueryClient;
 use angzarr_proto::v1::{
     AggregateQuery, CommandBook, CommandResponse, CorrelationQuery, EventPage, ListDomainsRequest,
@@ -17,91 +14,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_angzarr");
+mod common;
 
-/// A server process; killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BINARY);
-        // Only what the test sets: not the developer's own ANGZARR_* settings.
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
-            command.env_remove(name);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the angzarr binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the first line");
-        let address = line
-            .trim()
-            .strip_prefix("angzarr listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            address: format!("http://{address}"),
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn gateway(&self) -> CommandGatewayClient<Channel> {
-        CommandGatewayClient::new(self.channel().await)
-    }
-
-    async fn query(&self) -> EventQueryClient<Channel> {
-        EventQueryClient::new(self.channel().await)
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit by itself.
-    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "the server did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{BINARY, Server};
 
 async fn history(server: &Server, root: Uuid) -> Vec<EventPage> {
     let query = AggregateQuery {

@@ -6,57 +6,17 @@
 //! Python 3 with `grpcio`, `grpcio-reflection` and `protobuf` is required: without them the
 //! test fails, saying how to install them (`cargo xtask test` installs them itself).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_angzarr");
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/python/foreign_client.py"
 );
 const REQUIREMENTS: &str = "crates/angzarr/tests/python/requirements.txt";
 
-/// A server process on a free loopback port; killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
+mod common;
 
-impl Server {
-    fn start(data_dir: &Path) -> Self {
-        let mut command = Command::new(BINARY);
-        // Only what the test sets: not the developer's own ANGZARR_* settings.
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
-            command.env_remove(name);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the angzarr binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the first line");
-        let address = line
-            .trim()
-            .strip_prefix("angzarr listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, address }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Server;
 
 /// Fails, saying how to install them, unless Python 3 and the client's modules are there.
 fn require_python() {
@@ -85,7 +45,7 @@ fn require_python() {
 fn a_python_client_works_through_reflection_and_standard_any_packing() {
     require_python();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     let output = Command::new("python3")
         .arg(SCRIPT)
         .arg(&server.address)
