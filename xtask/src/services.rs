@@ -15,7 +15,9 @@
 //!
 //! Adding a service (the Bigtable or Spanner emulator, moto for DynamoDB) is one more row; a
 //! backend that needs it lists its name in `test::BACKENDS`, and from then on
-//! `cargo xtask test` starts it before the tests and stops it after.
+//! `cargo xtask test` starts it before the tests and stops it after. A service of several
+//! processes (the Redis Cluster's three masters) is a row per process and an entry in
+//! [`GROUPS`], whose name stands for all of them.
 
 use std::ffi::OsString;
 use std::fs;
@@ -302,11 +304,21 @@ fn redis_cluster_ready(step: &Step<'_>) -> Result<()> {
     let info = |port: u16| -> Result<String> {
         let output = step
             .command("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "cluster", "info"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "cluster",
+                "info",
+            ])
             .output()
             .context("could not run redis-cli")?;
         if !output.status.success() {
-            bail!("redis-cli: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "redis-cli: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
@@ -320,7 +332,10 @@ fn redis_cluster_ready(step: &Step<'_>) -> Result<()> {
         .iter()
         .map(|port| info(*port))
         .collect::<Result<Vec<_>>>()?;
-    if infos.iter().all(|info| field(info, "cluster_state") == "ok") {
+    if infos
+        .iter()
+        .all(|info| field(info, "cluster_state") == "ok")
+    {
         return Ok(());
     }
     if infos
@@ -496,14 +511,17 @@ fn find(name: &str) -> Result<Vec<&'static Service>> {
     members
         .iter()
         .map(|member| {
-            SERVICES.iter().find(|s| s.name == *member).with_context(|| {
-                let known: Vec<_> = GROUPS
-                    .iter()
-                    .map(|(group, _)| *group)
-                    .chain(SERVICES.iter().map(|s| s.name))
-                    .collect();
-                format!("unknown service `{member}`; known: {}", known.join(", "))
-            })
+            SERVICES
+                .iter()
+                .find(|s| s.name == *member)
+                .with_context(|| {
+                    let known: Vec<_> = GROUPS
+                        .iter()
+                        .map(|(group, _)| *group)
+                        .chain(SERVICES.iter().map(|s| s.name))
+                        .collect();
+                    format!("unknown service `{member}`; known: {}", known.join(", "))
+                })
         })
         .collect()
 }

@@ -495,7 +495,9 @@ fn verify(
             .iter()
             .any(|(name, outcome)| *name == required && outcome == "ok")
         {
-            return Err(format!("`test {required} ... ok` is missing from its output"));
+            return Err(format!(
+                "`test {required} ... ok` is missing from its output"
+            ));
         }
     }
     Ok(passed)
@@ -640,14 +642,22 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
             "test conformance::state_machine ... ok",
             "test single::state_machine ... ok\ntest cluster::state_machine ... ok",
         );
-        let ran = verify(&two, &executables(&["conformance-1111"]), &sections(&output));
+        let ran = verify(
+            &two,
+            &executables(&["conformance-1111"]),
+            &sections(&output),
+        );
         assert_eq!(ran, Ok(2));
         // The cluster suite did not run: `single` alone is not enough.
         let output = OUTPUT.replace(
             "test conformance::state_machine ... ok",
             "test single::state_machine ... ok",
         );
-        let one = verify(&two, &executables(&["conformance-1111"]), &sections(&output));
+        let one = verify(
+            &two,
+            &executables(&["conformance-1111"]),
+            &sections(&output),
+        );
         assert!(
             one.unwrap_err()
                 .contains("`test cluster::state_machine ... ok` is missing")

@@ -327,16 +327,28 @@ fn mask_secrets(value: &mut toml::Value) {
         }
         toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
         toml::Value::String(text) => {
-            // scheme://user:password@host → scheme://user:********@host
-            if let Some((scheme, rest)) = text.split_once("://")
-                && let Some((userinfo, host)) = rest.split_once('@')
-                && let Some((user, _)) = userinfo.split_once(':')
-            {
-                *text = format!("{scheme}://{user}:********@{host}");
-            }
+            // Several URLs may share one setting (a Redis Cluster's nodes).
+            let masked: Vec<String> = text.split(',').map(mask_url).collect();
+            *text = masked.join(",");
         }
         _ => {}
     }
+}
+
+/// `scheme://user:password@host` → `scheme://user:********@host`, and the `password=...` of a
+/// libpq `key=value` connection string.
+fn mask_url(text: &str) -> String {
+    if let Some((scheme, rest)) = text.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:********@{host}");
+    }
+    let words = text.split(' ').map(|word| match word.split_once('=') {
+        Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=********"),
+        _ => word.to_owned(),
+    });
+    words.collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -411,6 +423,35 @@ mod tests {
         assert!(
             printed.contains("visible") && printed.contains("postgres://app:********@db:5432/x")
         );
+        let mut store: toml::Value = toml::from_str(
+            "url = \"redis://:s3cret@a:1, redis://:s3cret@b:2\"\nconninfo = \"host=db password=s3cret user=app\"\n",
+        )
+        .unwrap();
+        mask_secrets(&mut store);
+        let printed = toml::to_string(&store).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("host=db password=******** user=app"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn networked_stores_need_a_url() {
+        let error = Config::load(None, env(&[("ANGZARR_STORE_KIND", "postgres")])).unwrap_err();
+        assert!(format!("{error:#}").contains("store.url"), "{error:#}");
+        let config = Config::load(
+            None,
+            env(&[
+                ("ANGZARR_STORE_KIND", "redis"),
+                ("ANGZARR_STORE_URL", "redis://a:1,redis://b:2"),
+                ("ANGZARR_STORE_CLUSTER", "true"),
+                ("ANGZARR_STORE_OPERATION_TIMEOUT_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.store.cluster);
+        assert_eq!(config.store.operation_timeout(), Duration::from_millis(250));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The connection to one server or to a cluster, and how requests go over it.
 
+use std::time::Instant;
+
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, NodeAddress};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Value};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Value};
 use tokio::sync::Mutex;
 
 use crate::config::{RedisConfig, Topology};
@@ -26,37 +28,65 @@ pub(crate) enum Connection {
 pub(crate) struct SingleNode {
     client: Client,
     config: AsyncConnectionConfig,
-    /// The current connection and its generation, `None` until the first request or after a
-    /// connection broke. The lock is held while connecting, so callers wait for one attempt.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while connecting, so that callers wait for one attempt instead of making their own.
+    state: Mutex<SingleState>,
+}
+
+#[derive(Default)]
+struct SingleState {
+    /// The current connection and its generation; `None` until the first request, or after
+    /// a connection broke or an attempt failed.
+    current: Option<(u64, MultiplexedConnection)>,
+    /// Connection attempts so far: the generation of the next connection.
+    attempts: u64,
+    /// When and why the last attempt failed.
+    failure: Option<(Instant, RedisError)>,
 }
 
 impl SingleNode {
-    /// The current connection, connecting if there is none.
+    /// The current connection, connecting if there is none. A caller that waited while an
+    /// attempt failed gets that failure instead of making an attempt of its own, so that no
+    /// caller waits for more than one connection timeout.
     async fn connection(&self) -> Result<(u64, MultiplexedConnection), CallError> {
-        let mut current = self.current.lock().await;
-        if let Some((generation, connection)) = current.as_ref() {
+        let arrived = Instant::now();
+        let mut state = self.state.lock().await;
+        if let Some((generation, connection)) = state.current.as_ref() {
             return Ok((*generation, connection.clone()));
         }
-        let connection = self
+        if let Some((failed_at, failure)) = state.failure.as_ref()
+            && *failed_at >= arrived
+        {
+            return Err(CallError::NotSent(failure.clone()));
+        }
+        state.attempts += 1;
+        let generation = state.attempts;
+        match self
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
-            .map_err(CallError::NotSent)?;
-        let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *current = Some((generation, connection.clone()));
-        Ok((generation, connection))
+        {
+            Ok(connection) => {
+                state.current = Some((generation, connection.clone()));
+                state.failure = None;
+                Ok((generation, connection))
+            }
+            Err(error) => {
+                state.failure = Some((Instant::now(), error.clone()));
+                Err(CallError::NotSent(error))
+            }
+        }
     }
 
     /// Drops connection `generation` if it is still the current one: the next request
     /// connects anew.
     async fn forget(&self, generation: u64) {
-        let mut current = self.current.lock().await;
-        if current
+        let mut state = self.state.lock().await;
+        if state
+            .current
             .as_ref()
             .is_some_and(|(current, _)| *current == generation)
         {
-            *current = None;
+            state.current = None;
         }
     }
 
@@ -74,9 +104,6 @@ impl SingleNode {
     }
 }
 
-/// Generations of single-node connections, unique within the process.
-static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 impl Connection {
     /// Connects as `config` says, and checks that the server is of that topology.
     pub(crate) async fn open(config: &RedisConfig) -> Result<Self, OpenError> {
@@ -88,7 +115,7 @@ impl Connection {
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(config.connection_timeout))
                         .set_response_timeout(Some(config.response_timeout)),
-                    current: Mutex::new(None),
+                    state: Mutex::new(SingleState::default()),
                 };
                 let connection = Self::Single(Box::new(single));
                 let info: String = connection

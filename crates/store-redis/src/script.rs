@@ -11,9 +11,10 @@ use crate::error::CallError;
 /// Appends a batch to one aggregate, atomically, after checking its expected sequence.
 ///
 /// Scripts run alone on the server (nothing interleaves), and this one writes nothing until
-/// every check has passed, so a batch is stored whole or not at all; the first write is the
-/// one a server out of memory refuses (a script that has written may go on; one that has not
-/// gets `OOM`), so running out of memory cannot cut a batch either.
+/// every check has passed (the sequence, and the type of every key it writes), so a batch is
+/// stored whole or not at all; the first write is the one a server out of memory refuses (a
+/// script that has written may go on; one that has not gets `OOM`), so running out of memory
+/// cannot cut a batch either.
 ///
 /// - `KEYS[1]` events, `KEYS[2]` requests, `KEYS[3]` correlations of the aggregate; on a
 ///   single server also `KEYS[4]` the domains, `KEYS[5]` the domain's roots, `KEYS[6..]` the
@@ -39,6 +40,16 @@ if actual ~= expected then
     end
   end
   return {0, actual}
+end
+-- A script's writes are not undone if it fails: a key of the wrong type must fail it here.
+redis.call('ZCARD', KEYS[2])
+redis.call('ZCARD', KEYS[3])
+if #KEYS > 3 then
+  redis.call('ZCARD', KEYS[4])
+  redis.call('ZCARD', KEYS[5])
+  for j = 6, #KEYS do
+    redis.call('SCARD', KEYS[j])
+  end
 end
 local last = 2 + 2 * n
 -- unpack() is bounded by Lua's C stack: add the events 512 at a time.

@@ -1,16 +1,19 @@
-//! The network and the server failing at the worst moments:
+//! The network, the server and other writers failing at the worst moments:
 //!
 //! - through a fault-injecting proxy, an append whose acknowledgement is lost is an unknown
 //!   outcome (and was applied whole or not at all), one whose request is lost writes nothing,
 //!   and the store reconnects by itself;
 //! - in a cluster, whose client re-sends a request after a lost connection, the re-sent
 //!   append recognises its own first copy and answers success, never a conflict;
+//! - the index entries a cluster writer leaves when it dies before its append are invisible;
+//! - appends follow a slot moved between masters while they run (`ASK`, `TRYAGAIN`, `MOVED`);
+//! - a key of the wrong type fails an append before it writes anything;
 //! - a server out of memory refuses appends with a clear error and loses nothing;
 //! - a server killed (SIGKILL) and restarted in the middle of a load, with `appendfsync
 //!   always`: typed errors while it is down, success after, nothing acknowledged lost.
 //!
-//! The first two use the servers of `cargo xtask services up redis redis-cluster`; the last
-//! two start private `redis-server` processes.
+//! Most use the servers of `cargo xtask services up redis redis-cluster`; the last two start
+//! private `redis-server` processes.
 
 mod common;
 
@@ -658,4 +661,82 @@ async fn cluster_follows_a_slot_moved_between_masters() {
         expected
     );
     common::cleanup(&urls, &namespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_fails_the_append_whole() {
+    // A script's writes are not undone when it fails: it must fail before its first write.
+    let url = common::single_url();
+    let namespace = angzarr_conformance::namespace();
+    let store = RedisStore::open(RedisConfig::single(url.clone()).with_key_prefix(&namespace))
+        .await
+        .expect("open");
+    let aggregate = aggregate();
+    let requests = events_key(&namespace, &aggregate).replace("}:e", "}:q");
+    node(
+        &url,
+        redis::cmd("SET").arg(&requests).arg("not a sorted set"),
+    )
+    .await;
+    let append = Append::new(0, pages(0, 3, "typed")).with_request(RequestKey::new("r", [2; 32]));
+    match store.append(&aggregate, append).await {
+        Err(EventStoreError::Internal(error)) => {
+            assert!(error.to_string().contains("WRONGTYPE"), "{error}")
+        }
+        other => panic!("an append over a key of the wrong type gave {other:?}"),
+    }
+    assert_eq!(store.next_sequence(&aggregate).await.expect("next"), 0);
+    assert!(store.list_domains().await.expect("list").is_empty());
+    common::cleanup(&[url], &namespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_addresses_and_passwords_fail_at_open_within_the_timeouts() {
+    // A server that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("redis://{}", silent.local_addr().expect("an address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let wrong_password = common::single_url().replace("redis://", "redis://:wrong@");
+    for url in [
+        silent_url,
+        format!("redis://{refused}"),
+        wrong_password,
+        "redis://no such host".to_owned(),
+    ] {
+        let started = Instant::now();
+        let config = RedisConfig::single(url.clone())
+            .with_connection_timeout(Duration::from_millis(500))
+            .with_response_timeout(Duration::from_millis(500));
+        let opened = RedisStore::open(config).await;
+        assert!(opened.is_err(), "{url} opened");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{url} took {:?} to fail",
+            started.elapsed()
+        );
+    }
+    // A single server given as a cluster, and a cluster node given as a single server.
+    assert!(
+        RedisStore::open(RedisConfig::cluster([common::single_url()]))
+            .await
+            .is_err()
+    );
+    let opened = RedisStore::open(RedisConfig::single(common::cluster_urls()[0].clone())).await;
+    assert!(
+        matches!(
+            opened,
+            Err(angzarr_store_redis::OpenError::WrongTopology(_))
+        ),
+        "{opened:?}"
+    );
 }
