@@ -81,7 +81,12 @@ pub(crate) fn print_usage() {
 
 fn usage() -> String {
     let backends: Vec<&str> = test::BACKENDS.iter().map(|b| b.name).collect();
-    let services: Vec<&str> = services::SERVICES.iter().map(|s| s.name).collect();
+    let mut services: Vec<&str> = services::SERVICES.iter().map(|s| s.name).collect();
+    // A group's name stands for its members.
+    for (group, members) in services::GROUPS {
+        services.retain(|name| !members.contains(name));
+        services.push(group);
+    }
     USAGE
         .replace("{backends}", &backends.join(", "))
         .replace("{services}", &services.join(", "))

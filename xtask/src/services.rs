@@ -220,7 +220,7 @@ pub(crate) const SERVICES: &[Service] = &[
 /// Services that run as several processes, each a row of [`SERVICES`]: the group's name, on
 /// the command line and in `test::BACKENDS`, stands for all its rows, started in table order
 /// and stopped together.
-const GROUPS: &[(&str, &[&str])] = &[(
+pub(crate) const GROUPS: &[(&str, &[&str])] = &[(
     "redis-cluster",
     &["redis-cluster-1", "redis-cluster-2", "redis-cluster-3"],
 )];

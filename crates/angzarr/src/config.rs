@@ -140,7 +140,7 @@ impl Default for Store {
             cluster: false,
             pool_size: 16,
             connect_timeout_ms: 5_000,
-            operation_timeout_ms: 10_000,
+            operation_timeout_ms: 5_000,
             namespace: "angzarr".into(),
         }
     }
@@ -273,6 +273,16 @@ impl Config {
         {
             bail!("store.connect_timeout_ms and store.operation_timeout_ms must be positive");
         }
+        // A lost acknowledgement is resolved by resending and reading back, which takes a few
+        // store operations: with less time left, the client only ever hears DEADLINE_EXCEEDED.
+        if networked && self.store.operation_timeout_ms * 2 > self.server.request_timeout_ms {
+            bail!(
+                "store.operation_timeout_ms ({}) must be at most half of server.request_timeout_ms \
+                 ({}), so that an append whose acknowledgement is lost can be resolved in time",
+                self.store.operation_timeout_ms,
+                self.server.request_timeout_ms
+            );
+        }
         Ok(())
     }
 
@@ -344,11 +354,29 @@ fn mask_url(text: &str) -> String {
     {
         return format!("{scheme}://{user}:********@{host}");
     }
-    let words = text.split(' ').map(|word| match word.split_once('=') {
-        Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=********"),
-        _ => word.to_owned(),
-    });
-    words.collect::<Vec<_>>().join(" ")
+    // A libpq `key=value` string, or a URL's query: everything after `password` up to the end of
+    // its value (quoted or not) goes.
+    let lower = text.to_ascii_lowercase();
+    let Some(at) = lower.find("password") else {
+        return text.to_owned();
+    };
+    let after = &text[at + "password".len()..];
+    let Some(equals) = after
+        .find('=')
+        .filter(|equals| after[..*equals].trim().is_empty())
+    else {
+        return text.to_owned();
+    };
+    let value = after[equals + 1..].trim_start();
+    let value_start = text.len() - value.len();
+    let value_len = match value.strip_prefix('\'') {
+        Some(quoted) => quoted.find('\'').map_or(value.len(), |end| end + 2),
+        None => value
+            .find(|c: char| c.is_whitespace() || c == '&')
+            .unwrap_or(value.len()),
+    };
+    let rest = mask_url(&text[value_start + value_len..]);
+    format!("{}********{rest}", &text[..value_start])
 }
 
 #[cfg(test)]

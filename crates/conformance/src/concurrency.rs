@@ -72,25 +72,40 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
             let (barrier, writing) = (Arc::clone(&barrier), Arc::clone(&writing));
             tokio::spawn(async move {
                 barrier.wait().await;
+                let mut during_writes = 0;
                 for round in 0..MAX_ROUNDS {
                     if writing.load(Ordering::SeqCst) == 0 {
                         break;
                     }
                     let plan = &plans[(round + reader) % WRITERS];
                     plan.check_a_reading(&*store, BATCH_LEN).await;
+                    during_writes += usize::from(writing.load(Ordering::SeqCst) > 0);
                     // A store whose reads never yield would otherwise keep this worker thread
                     // for all its rounds, and the writers would wait for the readers.
                     tokio::task::yield_now().await;
                 }
+                during_writes
             })
         })
         .collect();
 
-    for task in writers.into_iter().chain(readers) {
+    for task in writers {
         if let Err(error) = task.await {
             std::panic::resume_unwind(error.into_panic());
         }
     }
+    let mut during_writes = 0;
+    for task in readers {
+        match task.await {
+            Ok(readings) => during_writes += readings,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+    // A property whose readers all came after the writers checked nothing.
+    assert!(
+        during_writes >= READERS,
+        "only {during_writes} readings overlapped the writes: the property checked too little"
+    );
     for plan in plans.iter() {
         let stream = store
             .read_all(&plan.aggregate)

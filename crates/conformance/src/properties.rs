@@ -344,6 +344,7 @@ pub async fn reopen_keeps_everything<H: Harness>(harness: &H) {
 }
 
 /// Every observable part of `aggregates`, read back, for comparing before and after a reopen.
+/// Every read must succeed: failing the same way twice is no proof that nothing changed.
 async fn everything<S: EventStore + SnapshotStore>(
     store: &S,
     aggregates: &[AggregateId],
@@ -351,20 +352,30 @@ async fn everything<S: EventStore + SnapshotStore>(
 ) -> String {
     let mut seen = Vec::new();
     for (index, aggregate) in aggregates.iter().enumerate() {
-        seen.push(format!("{:?}", store.read_all(aggregate).await));
-        seen.push(format!("{:?}", store.next_sequence(aggregate).await));
-        seen.push(format!("{:?}", SnapshotStore::get(store, aggregate).await));
         let request = format!("r{index}");
         seen.push(format!(
-            "{:?}",
-            store.find_by_request(aggregate, &request).await
+            "{:?} {:?} {:?} {:?}",
+            store.read_all(aggregate).await.expect("read"),
+            store.next_sequence(aggregate).await.expect("next sequence"),
+            SnapshotStore::get(store, aggregate)
+                .await
+                .expect("get a snapshot"),
+            store
+                .find_by_request(aggregate, &request)
+                .await
+                .expect("find by request"),
         ));
     }
-    seen.push(format!("{:?}", store.find_by_correlation("before").await));
+    let correlated = store.find_by_correlation("before").await;
+    seen.push(format!("{:?}", correlated.expect("find by correlation")));
     for limit in [1, 2, 10] {
-        seen.push(format!("{:?}", store.list_roots(domain, None, limit).await));
+        let roots = store.list_roots(domain, None, limit).await;
+        seen.push(format!("{:?}", roots.expect("list roots")));
     }
-    seen.push(format!("{:?}", store.list_domains().await));
+    seen.push(format!(
+        "{:?}",
+        store.list_domains().await.expect("list domains")
+    ));
     seen.join("\n")
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 
 use angzarr_ports::{
     AggregateId, Append, Domain, EventPage, EventStore, EventStoreExt, RequestKey, SequenceRange,
-    Snapshot, SnapshotStore, Uuid,
+    Snapshot, SnapshotStore, StoreCapabilities, Uuid,
 };
 use angzarr_store_memory::MemoryStore;
 use proptest::prelude::*;
@@ -264,6 +264,66 @@ fn roots() -> impl Strategy<Value = [Uuid; ROOTS]> {
         .prop_map(|base| [base, base ^ 1, base | 1 << 127].map(|root| Uuid::from_u128(root.max(1))))
 }
 
+/// Operations at the number line's edges and at each declared limit, run after every case's
+/// random ones, on a stream that has events by then: a rare edge drawn by chance would be
+/// missed by some runs.
+fn edges(limits: &StoreCapabilities) -> Vec<Op> {
+    let at = Target { domain: 0, root: 0 };
+    let event = NewEvent {
+        payload: Payload {
+            type_url: "edge".into(),
+            value: vec![1, 2, 3],
+        },
+        created_at: Some((-1, 999_999_999)),
+    };
+    let mut ops = vec![Op::Append {
+        at,
+        expected: Expected::Correct,
+        events: vec![event.clone(), event.clone()],
+        correlation: 0,
+        request: None,
+    }];
+    for huge in 0..HUGE.len() {
+        ops.extend([
+            Op::Read {
+                at,
+                from: Position::Huge(huge),
+                to: None,
+            },
+            Op::Read {
+                at,
+                from: Position::FromEnd(1),
+                to: Some(Position::Huge(huge)),
+            },
+            Op::Append {
+                at,
+                expected: Expected::Huge(huge),
+                events: vec![event.clone()],
+                correlation: 0,
+                request: None,
+            },
+            Op::PutSnapshot {
+                at,
+                sequence: Position::Huge(huge),
+                state: SnapshotState::Unset,
+            },
+        ]);
+    }
+    for over in [false, true] {
+        if limits.max_snapshot_bytes.is_some() {
+            ops.push(Op::PutSnapshot {
+                at,
+                sequence: Position::FromEnd(1),
+                state: SnapshotState::AtLimit { over },
+            });
+        }
+        for limit in [LimitKind::BatchLen, LimitKind::EventBytes] {
+            ops.push(Op::AppendAtLimit { at, limit, over });
+        }
+    }
+    ops
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         roots(),
@@ -317,14 +377,13 @@ impl<H: Harness> Run<'_, H> {
             .collect()
     }
 
-    /// A request key for an id: the digest differs per id, as a command's would.
-    fn request(&self, request: usize) -> RequestKey {
+    /// A request key for an id, whose digest also depends on where the append goes: several
+    /// appends with one id carry different digests, and only the first one's must come back.
+    fn request(&self, request: usize, expected_sequence: u64) -> RequestKey {
         let id = self.ids[request];
-        let mut digest = [0; 32];
-        for (byte, from) in digest
-            .iter_mut()
-            .zip(id.bytes().chain([request as u8]).cycle())
-        {
+        let mut digest = [request as u8; 32];
+        digest[..8].copy_from_slice(&expected_sequence.to_be_bytes());
+        for (byte, from) in digest[8..].iter_mut().zip(id.bytes()) {
             *byte = from;
         }
         RequestKey::new(id, digest)
@@ -359,7 +418,7 @@ impl<H: Harness> Run<'_, H> {
                 let append = Append {
                     expected_sequence,
                     events: self.pages(expected_sequence, events, *correlation),
-                    request: request.map(|request| self.request(request)),
+                    request: request.map(|request| self.request(request, expected_sequence)),
                 };
                 self.same_append(op, &aggregate, append).await
             }
@@ -771,7 +830,8 @@ async fn run_case<H: Harness>(harness: &H, case: Case) -> Result<(), TestCaseErr
         ids: ["", family[0], family[1], family[2], family[3]],
     };
     let mut outcome = Ok(());
-    for (index, op) in case.ops.iter().enumerate() {
+    let edges = edges(&run.model.capabilities());
+    for (index, op) in case.ops.iter().chain(&edges).enumerate() {
         if let Err(difference) = run.step(op).await {
             outcome = Err(TestCaseError::fail(format!(
                 "operation {index}, {difference}"

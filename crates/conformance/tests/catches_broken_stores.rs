@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use angzarr_conformance::{Harness, properties};
 use angzarr_ports::{
-    AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError, Limit,
-    RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities,
-    Uuid, async_trait, validate_append,
+    AggregateEvents, AggregateId, Append, CommandDigest, Domain, EventPage, EventStore,
+    EventStoreError, Limit, RequestRecord, SequenceRange, Snapshot, SnapshotStore,
+    SnapshotStoreError, StoreCapabilities, Uuid, async_trait, validate_append,
 };
 use angzarr_store_memory::MemoryStore;
 use prost_types::Any;
@@ -58,6 +58,8 @@ enum Bug {
     RequestIndexIgnoresDomain,
     /// The command digest stored with a request id is lost.
     RequestDigestLost,
+    /// A request id used by several appends comes back with the last one's digest.
+    RequestDigestOfLastAppend,
     /// Snapshot overwrites are lost.
     KeepsFirstSnapshot,
     /// Deleting a snapshot does nothing.
@@ -94,6 +96,8 @@ struct Mutant {
     limits: StoreCapabilities,
     /// Whether this store value was opened over data written before.
     reopened: bool,
+    /// The digest of the last append of each request id.
+    last_digests: Mutex<HashMap<(AggregateId, String), CommandDigest>>,
 }
 
 impl Mutant {
@@ -203,6 +207,7 @@ impl EventStore for Mutant {
         if let Some(request) = append.request.as_mut() {
             request.id = self.request_key(&request.id);
         }
+        let request = append.request.clone();
         for page in &mut append.events {
             if let Some(created_at) = page.created_at.as_mut() {
                 if self.has(Bug::CreatedAtInMicroseconds) {
@@ -240,7 +245,12 @@ impl EventStore for Mutant {
             }
             append.expected_sequence = end;
         }
-        match self.inner.append(&key, append).await {
+        let outcome = self.inner.append(&key, append).await;
+        if let (Ok(_), Some(request)) = (&outcome, request) {
+            let mut last = self.last_digests.lock().unwrap();
+            last.insert((key, request.id), request.digest);
+        }
+        match outcome {
             Err(EventStoreError::Conflict { expected, .. })
                 if self.has(Bug::WrongActualInConflict) =>
             {
@@ -349,6 +359,16 @@ impl EventStore for Mutant {
         {
             record.digest = None;
         }
+        if self.has(Bug::RequestDigestOfLastAppend)
+            && let Some(record) = found.as_mut()
+            && let Some(last) = self
+                .last_digests
+                .lock()
+                .unwrap()
+                .get(&(self.key(aggregate), id))
+        {
+            record.digest = Some(*last);
+        }
         Ok(found)
     }
 }
@@ -440,6 +460,7 @@ impl Harness for MutantHarness {
                 StoreCapabilities::UNLIMITED
             },
             reopened,
+            last_digests: Mutex::default(),
         }
     }
 
@@ -471,7 +492,7 @@ fn caught<F: AsyncFnOnce(&MutantHarness)>(bug: Bug, property: F, expected: &str)
 }
 
 /// Every mutant the state machine alone must catch, run after run.
-const STATE_MACHINE_CATCHES: [Bug; 28] = [
+const STATE_MACHINE_CATCHES: [Bug; 29] = [
     Bug::IgnoresRangeEnd,
     Bug::ReadWrapsHugeSequences,
     Bug::KeepsFirstEventOnly,
@@ -491,6 +512,7 @@ const STATE_MACHINE_CATCHES: [Bug; 28] = [
     Bug::RequestIdsTruncated,
     Bug::RequestIndexIgnoresDomain,
     Bug::RequestDigestLost,
+    Bug::RequestDigestOfLastAppend,
     Bug::KeepsFirstSnapshot,
     Bug::SnapshotDeleteIsNoop,
     Bug::UnsetSnapshotStateBecomesEmpty,

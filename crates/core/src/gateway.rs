@@ -371,6 +371,15 @@ impl Gateway {
             Err(error) => return Attempt::Done(Err(error)),
         };
         let next_sequence = history.next_sequence;
+        // Without retries, a conflict must mean a writer that came after the command arrived
+        // (the proto's rule), so a cached history, which may predate it, is confirmed current
+        // first: one next-sequence read instead of the history.
+        if from_cache
+            && !command.book.retry_on_conflict
+            && self.is_stale(aggregate, next_sequence).await
+        {
+            return Attempt::StaleCache;
+        }
         // Looked up after loading: a first attempt that appended before the load is found
         // here, and one that appends after it makes our append conflict, and we look again.
         match self.replay(aggregate, command).await {
@@ -447,6 +456,10 @@ impl Gateway {
             }
         };
         if let Err(error) = self.check_events(&mut pages, next_sequence, cover.as_ref()) {
+            // Decided on a stale history, the logic might have answered otherwise.
+            if from_cache && self.is_stale(aggregate, next_sequence).await {
+                return Attempt::StaleCache;
+            }
             return Attempt::Done(Err(error));
         }
         let written = pages.clone();
@@ -466,9 +479,8 @@ impl Gateway {
             Err(EventStoreError::Conflict { expected, actual }) => {
                 return match self.replay(aggregate, command).await {
                     Ok(Some(replay)) => Attempt::Done(Ok(replay)),
-                    // The rule of the proto's `retry_on_conflict`: the command was decided on a
-                    // state another writer has moved past, whether that state was loaded or
-                    // cached, so without retries it fails. With them, a stale cache costs none.
+                    // With retries, a stale cache costs none; without, the cache was confirmed
+                    // current before deciding, so this is a race as after a load.
                     Ok(None) if from_cache && command.book.retry_on_conflict => Attempt::StaleCache,
                     Ok(None) => Attempt::LostRace { expected, actual },
                     Err(error) => Attempt::Done(Err(error)),
@@ -510,7 +522,7 @@ impl Gateway {
         let end = append.expected_sequence + append.events.len() as u64;
         for round in 0..OUTCOME_RESOLUTION_ROUNDS {
             tracing::warn!(%aggregate, error = %unknown, round, "the outcome of an append is unknown, resolving it");
-            tokio::time::sleep(backoff(round + 2)).await;
+            tokio::time::sleep(resolution_delay(round)).await;
             match self.inner.events.append(aggregate, append.clone()).await {
                 Ok(next) => return Ok(next),
                 Err(EventStoreError::Conflict { expected, actual }) => {
@@ -626,8 +638,18 @@ impl Gateway {
 }
 
 /// How many times an append whose outcome is unknown is sent again (and read back) before the
-/// caller is told the outcome is unknown: about 0.2 s with the backoff between rounds.
+/// caller is told the outcome is unknown: 0.3 to 0.6 s of waiting in all (see
+/// [`resolution_delay`]), plus the store's own timeouts.
 const OUTCOME_RESOLUTION_ROUNDS: u32 = 6;
+
+/// The wait before resending an append of unknown outcome for the `round`th time: 5 ms doubled
+/// per round, plus up to as much again at random, so that a store failing over has time to come
+/// back, and the resends of many commands spread out.
+fn resolution_delay(round: u32) -> std::time::Duration {
+    let floor = 5_000u64 << round.min(5);
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_micros(floor + random % (floor + 1))
+}
 
 /// How long to wait after losing `lost` races in a row: a random time up to 0.5 ms doubled
 /// per loss, at most 50 ms. Writers that lost together then retry apart, so that one of them
