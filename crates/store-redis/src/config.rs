@@ -72,7 +72,9 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// How many times the cluster client re-sends a request after a redirection, a
     /// `TRYAGAIN`/`CLUSTERDOWN` reply or a lost connection (ignored for a single server, whose
-    /// requests are never re-sent). Default: [`RedisConfig::DEFAULT_CLUSTER_RETRIES`].
+    /// requests are never re-sent). Since an earlier copy may have run, an append that fails in
+    /// a cluster is `OutcomeUnknown` whatever the last error, unless the append script itself
+    /// refused it. Default: [`RedisConfig::DEFAULT_CLUSTER_RETRIES`].
     pub cluster_retries: u32,
     /// Where to connect to cluster nodes that announce an address this process cannot reach
     /// (behind NAT or a port forward, or announced by IP while their TLS certificates name

@@ -17,8 +17,10 @@ pub(crate) enum Connection {
     /// One server, over a connection that is replaced when it breaks.
     Single(Box<SingleNode>),
     /// A cluster: the client keeps a connection per node, follows the slot map and
-    /// redirections, and re-sends a request after a redirection or a lost connection (the
-    /// append script recognises its own re-sent copy: see `store.rs`).
+    /// redirections, and re-sends a request after a redirection or a lost connection. The
+    /// append script recognises its own re-sent copy (`script.rs`), and the error finally
+    /// returned may be a later copy's: every error of an append is an unknown outcome
+    /// (`error.rs`).
     Cluster(ClusterConnection),
 }
 

@@ -25,13 +25,22 @@ use crate::error::CallError;
 ///   for none), `ARGV[4+2n]` the number `k` of correlation members, then those `k` members;
 ///   with index keys, then the domain, the root and the aggregate's correlation-set member.
 ///
-/// Returns `{1, new next sequence}`, or `{0, actual next sequence}` on a conflict. An append
-/// re-sent after a lost connection (the cluster client does that) that finds its own first
-/// event, token included, already stored was applied by its first copy: it answers success.
+/// Returns `{1, new next sequence}`, `{0, actual next sequence}` on a conflict, or
+/// `{-1, error}` when a command before the first write failed (`redis.pcall`: a key of the
+/// wrong type; `OOM`, `READONLY`, `MISCONF`, `NOREPLICAS` at the first write), having written
+/// nothing. An append re-sent after a lost connection (the cluster client does that) that finds
+/// its own first event, token included, already stored was applied by its first copy: it
+/// answers success. So a conflict or a refusal also says that no earlier copy of the append
+/// was applied: one that was would have left the stream past the expected sequence, its first
+/// event there, and the events key a sorted set. (An error reply, by contrast, may be a later
+/// copy's, refused before the script ran: in a cluster it says nothing of the first copy.)
 pub(crate) const APPEND: &str = r#"
 local expected = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-local actual = redis.call('ZCARD', KEYS[1])
+local actual = redis.pcall('ZCARD', KEYS[1])
+if type(actual) == 'table' then
+  return {-1, actual.err}
+end
 if actual ~= expected then
   if actual >= expected + n then
     local first = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
@@ -41,19 +50,30 @@ if actual ~= expected then
   end
   return {0, actual}
 end
--- A script's writes are not undone if it fails: a key of the wrong type must fail it here.
-redis.call('ZCARD', KEYS[2])
-redis.call('ZCARD', KEYS[3])
+-- A script's writes are not undone if it fails: a key of the wrong type must stop it here,
+-- before its first write.
+local checks = {{'ZCARD', KEYS[2]}, {'ZCARD', KEYS[3]}}
 if #KEYS > 3 then
-  redis.call('ZCARD', KEYS[4])
-  redis.call('ZCARD', KEYS[5])
+  checks[#checks + 1] = {'ZCARD', KEYS[4]}
+  checks[#checks + 1] = {'ZCARD', KEYS[5]}
   for j = 6, #KEYS do
-    redis.call('SCARD', KEYS[j])
+    checks[#checks + 1] = {'SCARD', KEYS[j]}
+  end
+end
+for _, check in ipairs(checks) do
+  local reply = redis.pcall(check[1], check[2])
+  if type(reply) == 'table' then
+    return {-1, reply.err}
   end
 end
 local last = 2 + 2 * n
--- unpack() is bounded by Lua's C stack: add the events 512 at a time.
-for i = 3, last, 1024 do
+-- unpack() is bounded by Lua's C stack: add the events 512 at a time. The first write is the
+-- one a server out of memory, a replica or a server failing to persist refuses.
+local added = redis.pcall('ZADD', KEYS[1], unpack(ARGV, 3, math.min(1026, last)))
+if type(added) == 'table' then
+  return {-1, added.err}
+end
+for i = 1027, last, 1024 do
   redis.call('ZADD', KEYS[1], unpack(ARGV, i, math.min(i + 1023, last)))
 end
 local at = last + 1

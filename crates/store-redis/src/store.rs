@@ -234,27 +234,45 @@ impl RedisStore {
             args.push(keys::aggregate_member(aggregate).into_bytes());
         }
 
+        // The cluster client re-sends a request by itself (after a lost connection, a
+        // redirection, `TRYAGAIN`...): the error it returns may follow a copy that ran.
+        let op = if self.inner.connection.is_cluster() {
+            Op::RetriedAppend
+        } else {
+            Op::Append
+        };
         let script_keys: Vec<&str> = script_keys.iter().map(String::as_str).collect();
         let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let (applied, next): (i64, i64) = self
+        let (status, value): (i64, redis::Value) = self
             .inner
             .append
             .run(&self.inner.connection, &script_keys, &args)
             .await
             .and_then(convert)
-            .map_err(|error| Failure::of(error, Op::Append))?;
-        let next = u64::try_from(next).map_err(|_| {
-            Failure::of(
-                CallError::Reply(format!("the append script answered a sequence of {next}")),
-                Op::Append,
-            )
-        })?;
-        match applied {
+            .map_err(|error| Failure::of(error, op))?;
+        if status == -1 {
+            // Refused before the first write, and no earlier copy was applied (see the script).
+            let reason: String = convert(value).map_err(|error| Failure::of(error, op))?;
+            return Err(Failure::refused(reason).into());
+        }
+        let next = convert::<i64>(value)
+            .and_then(|next| {
+                u64::try_from(next).map_err(|_| {
+                    CallError::Reply(format!("the append script answered a sequence of {next}"))
+                })
+            })
+            .map_err(|error| Failure::of(error, op))?;
+        match status {
             1 => Ok(next),
-            _ => Err(EventStoreError::Conflict {
+            0 => Err(EventStoreError::Conflict {
                 expected,
                 actual: next,
             }),
+            _ => Err(Failure::of(
+                CallError::Reply(format!("the append script answered status {status}")),
+                op,
+            )
+            .into()),
         }
     }
 }

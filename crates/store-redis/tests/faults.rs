@@ -4,10 +4,13 @@
 //!   outcome (and was applied whole or not at all), one whose request is lost writes nothing,
 //!   and the store reconnects by itself;
 //! - in a cluster, whose client re-sends a request after a lost connection, the re-sent
-//!   append recognises its own first copy and answers success, never a conflict;
+//!   append recognises its own first copy and answers success, never a conflict; and when the
+//!   node dies right after running the first copy, the re-sent copies' errors leave the append
+//!   unknown, never `Unavailable`;
 //! - the index entries a cluster writer leaves when it dies before its append are invisible;
 //! - appends follow a slot moved between masters while they run (`ASK`, `TRYAGAIN`, `MOVED`);
-//! - a key of the wrong type fails an append before it writes anything;
+//! - a key of the wrong type fails an append before it writes anything, a definite failure in
+//!   a cluster too;
 //! - a server out of memory refuses appends with a clear error and loses nothing;
 //! - a server killed (SIGKILL) and restarted in the middle of a load, with `appendfsync
 //!   always`: typed errors while it is down, success after, nothing acknowledged lost.
@@ -20,6 +23,8 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use angzarr_conformance::faults::FaultyProxy;
@@ -29,6 +34,7 @@ use angzarr_ports::{
 };
 use angzarr_store_redis::{RedisConfig, RedisStore};
 use prost_types::Any;
+use tokio::sync::watch;
 
 fn aggregate() -> AggregateId {
     AggregateId::new(Domain::new("faults").expect("valid"), Uuid::new_v4()).expect("non-nil")
@@ -228,6 +234,205 @@ async fn owner_of(urls: &[String], key: &str) -> usize {
         }
     }
     panic!("no master holds {key}");
+}
+
+/// A proxy in front of one cluster master that plays the master dying at the worst moment: it
+/// forwards the next request that carries `marker`, waits for the first byte of the reply (the
+/// server has run the request), then closes its port and every connection before that reply
+/// gets through. The client's re-sent copies find the node gone (a connection refused, or
+/// another node's `MOVED` back to it), as if it had been killed right after applying the
+/// request. Until armed, it forwards everything.
+struct DyingProxy {
+    addr: SocketAddr,
+    shared: Arc<DyingShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct DyingShared {
+    marker: &'static [u8],
+    /// Set to die after the next request that carries the marker.
+    armed: AtomicBool,
+    /// Set when the node dies: every connection closes, and the port.
+    dead: watch::Sender<bool>,
+    /// Set once the port is closed.
+    closed: watch::Sender<bool>,
+}
+
+impl DyingProxy {
+    async fn start(upstream: SocketAddr, marker: &'static [u8]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy");
+        let addr = listener.local_addr().expect("an address");
+        let shared = Arc::new(DyingShared {
+            marker,
+            armed: AtomicBool::new(false),
+            dead: watch::channel(false).0,
+            closed: watch::channel(false).0,
+        });
+        let accepting = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            let mut dead = accepting.dead.subscribe();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { break };
+                        let shared = Arc::clone(&accepting);
+                        tokio::spawn(async move {
+                            if let Ok(server) = tokio::net::TcpStream::connect(upstream).await {
+                                shared.relay(client, server).await;
+                            }
+                        });
+                    }
+                    () = set(&mut dead) => break,
+                }
+            }
+            drop(listener);
+            accepting.closed.send_replace(true);
+        });
+        Self { addr, shared, task }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Dies after the next request that carries the marker.
+    fn die_after_next_marked_request(&self) {
+        self.shared.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn is_dead(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+}
+
+impl Drop for DyingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.shared.dead.send_replace(true);
+    }
+}
+
+/// Waits until `flag` is set (or its sender is gone).
+async fn set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+impl DyingShared {
+    async fn relay(&self, mut client: tokio::net::TcpStream, mut server: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut dead = self.dead.subscribe();
+        let (mut client_read, mut client_write) = client.split();
+        let (mut server_read, mut server_write) = server.split();
+        let (mut from_client, mut from_server) = (vec![0; 64 * 1024], vec![0; 64 * 1024]);
+        let mut dying = false;
+        loop {
+            tokio::select! {
+                read = client_read.read(&mut from_client) => {
+                    let len = match read {
+                        Ok(len) if len > 0 => len,
+                        _ => return,
+                    };
+                    let chunk = &from_client[..len];
+                    if chunk.windows(self.marker.len()).any(|window| window == self.marker)
+                        && self.armed.swap(false, Ordering::SeqCst)
+                    {
+                        dying = true;
+                    }
+                    if server_write.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                read = server_read.read(&mut from_server) => {
+                    let len = match read {
+                        Ok(len) if len > 0 => len,
+                        _ => return,
+                    };
+                    if dying {
+                        // The server ran the request: die before the reply gets out, and let
+                        // the client see the port closed before it can reconnect.
+                        self.dead.send_replace(true);
+                        set(&mut self.closed.subscribe()).await;
+                        return;
+                    }
+                    if client_write.write_all(&from_server[..len]).await.is_err() {
+                        return;
+                    }
+                }
+                () = set(&mut dead) => return,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_append_applied_before_its_node_died_is_never_unavailable() {
+    // The cluster client re-sends a request whose connection broke; when the first copy ran and
+    // the re-sent copies then fail (here: the node gone, so a connection refused or another
+    // node's `MOVED` to it), the error the store gets comes from a later copy and says nothing
+    // about the first. The append must be reported applied or unknown, never `Unavailable`
+    // ("nothing was written"). With no retry, the lost connection itself is the error.
+    let urls = common::cluster_urls();
+    let namespace = angzarr_conformance::namespace();
+    let direct = RedisStore::open(RedisConfig::cluster(urls.clone()).with_key_prefix(&namespace))
+        .await
+        .expect("open the cluster directly");
+    let aggregate = aggregate();
+    let mut stream = pages(0, 2, "before");
+    direct
+        .append(&aggregate, Append::new(0, stream.clone()))
+        .await
+        .expect("append directly");
+    let owner = owner_of(&urls, &events_key(&namespace, &aggregate)).await;
+
+    for retries in [0, 1, 3] {
+        let mut proxies = Vec::new();
+        for url in &urls {
+            proxies.push(DyingProxy::start(socket(url), b"EVALSHA").await);
+        }
+        let mut config = RedisConfig::cluster([format!("redis://{}", proxies[0].addr())])
+            .with_key_prefix(&namespace)
+            .with_cluster_retries(retries)
+            .with_connection_timeout(Duration::from_millis(500))
+            .with_response_timeout(Duration::from_secs(8));
+        for (url, proxy) in urls.iter().zip(&proxies) {
+            config = config.with_cluster_address(common::address(url), proxy.addr().to_string());
+        }
+        let through = RedisStore::open(config)
+            .await
+            .expect("open the cluster through the proxies");
+        let next = stream.len() as u64;
+        let warm = pages(next, 1, "through healthy proxies");
+        through
+            .append(&aggregate, Append::new(next, warm.clone()))
+            .await
+            .expect("append through healthy proxies");
+        stream.extend(warm);
+
+        proxies[owner].die_after_next_marked_request();
+        let next = stream.len() as u64;
+        let batch = pages(next, 3, "applied, then the node died");
+        let outcome = through
+            .append(&aggregate, Append::new(next, batch.clone()))
+            .await;
+        assert!(proxies[owner].is_dead(), "the owner's proxy did not die");
+        eprintln!("with {retries} retries, the node dying after the append gave {outcome:?}");
+        match outcome {
+            Ok(new_next) => assert_eq!(new_next, next + 3),
+            Err(EventStoreError::OutcomeUnknown(_)) => {}
+            Err(error) => panic!(
+                "with {retries} retries, an append applied before its node died gave {error:?}"
+            ),
+        }
+        stream.extend(batch);
+        assert_eq!(
+            direct.read_all(&aggregate).await.expect("read directly"),
+            stream,
+            "the append did not run whole before the node died"
+        );
+    }
+    common::cleanup(&urls, &namespace).await;
 }
 
 /// A `redis-server` of this test's own, on a free loopback port, killed when dropped.
@@ -665,29 +870,42 @@ async fn cluster_follows_a_slot_moved_between_masters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_of_the_wrong_type_fails_the_append_whole() {
-    // A script's writes are not undone when it fails: it must fail before its first write.
-    let url = common::single_url();
-    let namespace = angzarr_conformance::namespace();
-    let store = RedisStore::open(RedisConfig::single(url.clone()).with_key_prefix(&namespace))
-        .await
-        .expect("open");
-    let aggregate = aggregate();
-    let requests = events_key(&namespace, &aggregate).replace("}:e", "}:q");
-    node(
-        &url,
-        redis::cmd("SET").arg(&requests).arg("not a sorted set"),
-    )
-    .await;
-    let append = Append::new(0, pages(0, 3, "typed")).with_request(RequestKey::new("r", [2; 32]));
-    match store.append(&aggregate, append).await {
-        Err(EventStoreError::Internal(error)) => {
-            assert!(error.to_string().contains("WRONGTYPE"), "{error}")
+    // A script's writes are not undone when it fails: it must fail before its first write. The
+    // script answers that refusal itself, after finding the stream at its expected sequence: in
+    // a cluster too it is a definite failure, not an unknown outcome.
+    let single = common::single_url();
+    let cluster = common::cluster_urls();
+    for (urls, config) in [
+        (vec![single.clone()], RedisConfig::single(single)),
+        (cluster.clone(), RedisConfig::cluster(cluster)),
+    ] {
+        let namespace = angzarr_conformance::namespace();
+        let store = RedisStore::open(config.with_key_prefix(&namespace))
+            .await
+            .expect("open");
+        let aggregate = aggregate();
+        let requests = events_key(&namespace, &aggregate).replace("}:e", "}:q");
+        let set = redis::cmd("SET")
+            .arg(&requests)
+            .arg("not a sorted set")
+            .clone();
+        if store.is_cluster() {
+            plant(&urls, &[set]).await;
+        } else {
+            node(&urls[0], &set).await;
         }
-        other => panic!("an append over a key of the wrong type gave {other:?}"),
+        let append =
+            Append::new(0, pages(0, 3, "typed")).with_request(RequestKey::new("r", [2; 32]));
+        match store.append(&aggregate, append).await {
+            Err(EventStoreError::Internal(error)) => {
+                assert!(error.to_string().contains("WRONGTYPE"), "{error}")
+            }
+            other => panic!("an append over a key of the wrong type gave {other:?}"),
+        }
+        assert_eq!(store.next_sequence(&aggregate).await.expect("next"), 0);
+        assert!(store.list_domains().await.expect("list").is_empty());
+        common::cleanup(&urls, &namespace).await;
     }
-    assert_eq!(store.next_sequence(&aggregate).await.expect("next"), 0);
-    assert!(store.list_domains().await.expect("list").is_empty());
-    common::cleanup(&[url], &namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
