@@ -3,13 +3,19 @@
 //! `--benches` keeps the libtest harnesses of libraries out of the run, so criterion
 //! arguments after `--` (`--save-baseline main`, a filter, ...) reach only criterion
 //! benchmarks; crates without a `benches/` target are simply not involved. Without a
-//! `-p`/`--package` argument the whole workspace is benchmarked.
+//! `-p`/`--package` argument the whole workspace is benchmarked. `--bench NAME` runs that
+//! target alone (`--benches` would add every other).
+//!
+//! The PostgreSQL benchmark (`--bench postgres` of `angzarr-example-bank`) needs a server:
+//! when it is among the selected targets and `ANGZARR_TEST_POSTGRES_URL` is not set, the
+//! `postgres` service is started first (`services up postgres`) and, if this run started it,
+//! stopped after.
 
 use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, run_status};
+use crate::{cargo, run_status, services};
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("front-door") {
@@ -26,9 +32,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let selects_packages = cargo_args
         .iter()
         .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
+    let targets = values_of(cargo_args, "--bench", None);
 
     let mut command = cargo();
-    command.args(["bench", "--locked", "--benches"]);
+    command.args(["bench", "--locked"]);
+    if targets.is_empty() {
+        command.arg("--benches");
+    }
     if !selects_packages {
         command.arg("--workspace");
     }
@@ -36,7 +46,51 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if !bench_args.is_empty() {
         command.arg("--").args(bench_args);
     }
-    run_status(&mut command)
+
+    let provisioned =
+        if selects_postgres_bench(cargo_args) && std::env::var_os(POSTGRES_URL).is_none() {
+            services::up(&services::for_backends(&["postgres"])?)?
+        } else {
+            services::Provisioned::default()
+        };
+    command.envs(provisioned.env.iter().map(|(key, value)| (key, value)));
+    let result = run_status(&mut command);
+    let stopped = services::stop_started(&provisioned);
+    result.and(stopped)
+}
+
+/// The package and the target of the benchmark that needs a PostgreSQL server.
+const POSTGRES_BENCH: (&str, &str) = ("angzarr-example-bank", "postgres");
+
+/// The variable that points the PostgreSQL benchmark at a server.
+const POSTGRES_URL: &str = "ANGZARR_TEST_POSTGRES_URL";
+
+/// Whether the PostgreSQL benchmark is among the targets these `cargo bench` arguments run:
+/// named with `--bench`, or, without one, in a selected package (all without `-p`).
+fn selects_postgres_bench(cargo_args: &[String]) -> bool {
+    let targets = values_of(cargo_args, "--bench", None);
+    if !targets.is_empty() {
+        return targets.contains(&POSTGRES_BENCH.1);
+    }
+    let packages = values_of(cargo_args, "--package", Some("-p"));
+    packages.is_empty() || packages.contains(&POSTGRES_BENCH.0)
+}
+
+/// The values given to `long` (`long VALUE`, `long=VALUE`) or `short` (`short VALUE`,
+/// `shortVALUE`) in `args`.
+fn values_of<'a>(args: &'a [String], long: &str, short: Option<&str>) -> Vec<&'a str> {
+    let mut values = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == long || Some(arg.as_str()) == short {
+            values.extend(args.next().map(String::as_str));
+        } else if let Some(value) = arg.strip_prefix(long).and_then(|v| v.strip_prefix('=')) {
+            values.push(value);
+        } else if let Some(value) = short.and_then(|short| arg.strip_prefix(short)) {
+            values.push(value.trim_start_matches('='));
+        }
+    }
+    values
 }
 
 /// `cargo xtask bench front-door`: the figures of the gRPC front door. Builds the release
@@ -118,4 +172,34 @@ pub(crate) fn front_door() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_benchmark_is_selected_by_target_or_package() {
+        let selects = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+            selects_postgres_bench(&args)
+        };
+        assert!(selects(&[]));
+        assert!(selects(&["-p", "angzarr-example-bank"]));
+        assert!(selects(&["-pangzarr-example-bank"]));
+        assert!(selects(&[
+            "--package=angzarr-example-bank",
+            "--bench",
+            "postgres"
+        ]));
+        assert!(selects(&["--bench=postgres", "--bench", "pipeline"]));
+        assert!(!selects(&[
+            "-p",
+            "angzarr-example-bank",
+            "--bench",
+            "pipeline"
+        ]));
+        assert!(!selects(&["--package", "angzarr-store-sqlite"]));
+        assert!(!selects(&["--bench", "pipeline"]));
+    }
 }

@@ -8,41 +8,53 @@ use angzarr_ports::{
     AggregateEvents, AggregateId, CommandDigest, Domain, EventPage, RequestKey, RequestRecord,
     SequenceRange, Snapshot, Uuid,
 };
+use futures_util::TryStreamExt;
 use prost::Message;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::error::Failure;
 use crate::keys;
 use crate::schema::with_schema;
 
-/// Appends a batch, in one statement and so in one implicit transaction: inserts every event
-/// if the stream's next sequence is the expected one ($3), and answers that next sequence and
-/// how many events it inserted (0: a conflict).
+/// Appends one event, in one statement and so in one implicit transaction, if the stream's
+/// next sequence is the expected one ($3); the command tag says whether it inserted the event
+/// (1) or not (0: a conflict).
 ///
-/// The check and the inserts see the same snapshot. A writer that raced it to the same
-/// sequence either committed first (the check fails, or the insert of the expected sequence
-/// waits for it and fails with a duplicate key) or comes second (and fails the same way), so
-/// of writers racing at one expected sequence exactly one inserts. Sequences are numbered by
-/// `WITH ORDINALITY` from the expected one, so a batch has no gap whatever the caller sent.
-const APPEND: &str = "
-WITH head AS (
-    SELECT coalesce(max(sequence) + 1, 0) AS next
-    FROM {schema}.events WHERE domain = $1 AND root = $2
-), inserted AS (
-    INSERT INTO {schema}.events
-        (domain, root, sequence, correlation_id, request_id, request_digest, page)
-    SELECT $1, $2, $3::bigint + batch.ordinal - 1, batch.correlation_id, $4::bytea, $5::bytea,
-        batch.page
-    FROM head, unnest($6::bytea[], $7::bytea[]) WITH ORDINALITY
-        AS batch (correlation_id, page, ordinal)
-    WHERE head.next = $3::bigint
-    RETURNING 1
-)
-SELECT head.next, (SELECT count(*) FROM inserted) FROM head";
+/// The check is an init plan, evaluated once, on the statement's snapshot, before anything is
+/// inserted: one backward step in the primary key (see [`NEXT_SEQUENCE`]). A writer that raced
+/// it to the same sequence either committed first (the check fails, or the insert waits for
+/// its key and fails with a duplicate key) or comes second (and fails the same way), so of
+/// writers racing at one expected sequence exactly one inserts.
+///
+/// A plain `INSERT ... SELECT`, not a `WITH` query that also answers the stream's end: that
+/// one costs the server a quarter more per append, and a conflict is rare enough to pay a
+/// second round trip for the end.
+const APPEND_ONE: &str = "
+INSERT INTO {schema}.events
+    (domain, root, sequence, correlation_id, request_id, request_digest, page)
+SELECT $1, $2, $3::bigint, $6::bytea, $4::bytea, $5::bytea, $7::bytea
+WHERE coalesce((SELECT sequence + 1 FROM {schema}.events
+                WHERE domain = $1 AND root = $2 ORDER BY sequence DESC LIMIT 1), 0) = $3::bigint";
 
-/// The largest sequence of an aggregate: one backward step in the primary key.
-const NEXT_SEQUENCE: &str =
-    "SELECT max(sequence) FROM {schema}.events WHERE domain = $1 AND root = $2";
+/// Appends a batch as [`APPEND_ONE`] appends one event, its pages and correlation ids passed
+/// as arrays. Sequences are numbered by `WITH ORDINALITY` from the expected one, so a batch
+/// has no gap whatever the caller sent. (Arrays cost the server more than plain parameters,
+/// hence a statement of its own for the usual batch of one.)
+const APPEND: &str = "
+INSERT INTO {schema}.events
+    (domain, root, sequence, correlation_id, request_id, request_digest, page)
+SELECT $1, $2, $3::bigint + batch.ordinal - 1, batch.correlation_id, $4::bytea, $5::bytea,
+    batch.page
+FROM unnest($6::bytea[], $7::bytea[]) WITH ORDINALITY AS batch (correlation_id, page, ordinal)
+WHERE coalesce((SELECT sequence + 1 FROM {schema}.events
+                WHERE domain = $1 AND root = $2 ORDER BY sequence DESC LIMIT 1), 0) = $3::bigint";
+
+/// The largest sequence of an aggregate: one backward step in the primary key. Written with
+/// `ORDER BY ... LIMIT 1`, not `max(sequence)`, which PostgreSQL may plan (it did, on a table
+/// not yet analyzed) as an aggregate over every event of the stream.
+const NEXT_SEQUENCE: &str = "SELECT sequence FROM {schema}.events
+    WHERE domain = $1 AND root = $2 ORDER BY sequence DESC LIMIT 1";
 
 /// Events of an aggregate with a sequence in `$3..=$4`: one range of the primary key.
 const READ: &str = "SELECT page FROM {schema}.events
@@ -100,6 +112,7 @@ const DELETE_SNAPSHOT: &str = "DELETE FROM {schema}.snapshots WHERE domain = $1 
 /// The text of every statement, for one schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
+    append_one: String,
     append: String,
     next_sequence: String,
     read: String,
@@ -117,6 +130,7 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let sql = |template| with_schema(template, schema);
         Self {
+            append_one: sql(APPEND_ONE),
             append: sql(APPEND),
             next_sequence: sql(NEXT_SEQUENCE),
             read: sql(READ),
@@ -128,6 +142,13 @@ impl Sql {
             put_snapshot: sql(PUT_SNAPSHOT),
             delete_snapshot: sql(DELETE_SNAPSHOT),
         }
+    }
+
+    /// The statements that look for a stream's end: `next_sequence`, then the two appends,
+    /// for tests that inspect their plans.
+    #[cfg(test)]
+    pub(crate) fn heads(&self) -> [&str; 3] {
+        [&self.next_sequence, &self.append_one, &self.append]
     }
 
     /// Every statement's text, for tests that inspect their plans.
@@ -148,6 +169,7 @@ impl Sql {
 /// The statements, prepared on one connection.
 #[derive(Debug)]
 pub(crate) struct Statements {
+    append_one: Statement,
     append: Statement,
     next_sequence: Statement,
     read: Statement,
@@ -165,6 +187,7 @@ impl Statements {
     /// costs one round trip, once per connection.
     pub(crate) async fn prepare(client: &Client, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
         let (
+            append_one,
             append,
             next_sequence,
             read,
@@ -176,6 +199,7 @@ impl Statements {
             put_snapshot,
             delete_snapshot,
         ) = tokio::try_join!(
+            client.prepare(&sql.append_one),
             client.prepare(&sql.append),
             client.prepare(&sql.next_sequence),
             client.prepare(&sql.read),
@@ -188,6 +212,7 @@ impl Statements {
             client.prepare(&sql.delete_snapshot),
         )?;
         Ok(Self {
+            append_one,
             append,
             next_sequence,
             read,
@@ -235,40 +260,50 @@ impl Batch {
     }
 }
 
-/// What the append statement answered: the stream's next sequence as it found it, and how
-/// many events it inserted (0 or all of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Appended {
-    /// The next sequence the statement saw, as stored.
-    pub(crate) next: i64,
-    /// How many events it inserted: none when the next sequence was not the expected one.
-    pub(crate) inserted: i64,
-}
-
-/// Runs the append statement. Every error is the driver's, even one reading the answer, for
-/// the caller to sort into conflicts and unknown outcomes: once the statement has been sent,
-/// only the server's own error says that it was not applied.
+/// Runs the append statement (the one-event one for a batch of one) and answers how many
+/// events it inserted: all of them, or none when the stream's next sequence was not the
+/// expected one. Every error is the driver's, even one reading the answer, for the caller to
+/// sort into conflicts and unknown outcomes: once the statement has been sent, only the
+/// server's own error says that it was not applied.
 pub(crate) async fn append(
     conn: &Conn,
     aggregate: &AggregateId,
     expected: i64,
     batch: &Batch,
-) -> Result<Appended, tokio_postgres::Error> {
+) -> Result<u64, tokio_postgres::Error> {
+    let domain = aggregate.domain().as_str();
+    let root = aggregate.root();
+    let request_id = batch.request.as_ref().map(|key| key.id.as_bytes());
+    let digest = batch.request.as_ref().map(|key| key.digest.as_slice());
+    if let ([page], [correlation_id]) = (batch.pages.as_slice(), batch.correlation_ids.as_slice()) {
+        return conn
+            .client
+            .execute(
+                &conn.statements.append_one,
+                &[
+                    &domain,
+                    &root,
+                    &expected,
+                    &request_id,
+                    &digest,
+                    &correlation_id.as_bytes(),
+                    &page.as_slice(),
+                ],
+            )
+            .await;
+    }
     let correlation_ids: Vec<&[u8]> = batch
         .correlation_ids
         .iter()
         .map(|id| id.as_bytes())
         .collect();
     let pages: Vec<&[u8]> = batch.pages.iter().map(Vec::as_slice).collect();
-    let request_id = batch.request.as_ref().map(|key| key.id.as_bytes());
-    let digest = batch.request.as_ref().map(|key| key.digest.as_slice());
-    let row = conn
-        .client
-        .query_one(
+    conn.client
+        .execute(
             &conn.statements.append,
             &[
-                &aggregate.domain().as_str(),
-                &aggregate.root(),
+                &domain,
+                &root,
                 &expected,
                 &request_id,
                 &digest,
@@ -276,28 +311,24 @@ pub(crate) async fn append(
                 &pages,
             ],
         )
-        .await?;
-    Ok(Appended {
-        next: row.try_get(0)?,
-        inserted: row.try_get(1)?,
-    })
+        .await
 }
 
 /// The next sequence of `aggregate`: one past its largest.
 pub(crate) async fn next_sequence(conn: &Conn, aggregate: &AggregateId) -> Result<u64, Failure> {
     let row = conn
         .client
-        .query_one(
+        .query_opt(
             &conn.statements.next_sequence,
             &[&aggregate.domain().as_str(), &aggregate.root()],
         )
         .await?;
-    let largest: Option<i64> = row.try_get(0).map_err(Failure::corrupt)?;
-    match largest {
-        // At most i64::MAX, so adding one cannot overflow a u64.
-        Some(largest) => Ok(keys::parse_sequence(largest)? + 1),
-        None => Ok(0),
-    }
+    let Some(row) = row else {
+        return Ok(0);
+    };
+    let largest: i64 = row.try_get(0).map_err(Failure::corrupt)?;
+    // At most i64::MAX, so adding one cannot overflow a u64.
+    Ok(keys::parse_sequence(largest)? + 1)
 }
 
 /// The events of `aggregate` in `range`, ascending.
@@ -317,19 +348,18 @@ pub(crate) async fn read(
         Some(to) => keys::sequence(to - 1).unwrap_or(i64::MAX),
         None => i64::MAX,
     };
-    let rows = conn
-        .client
-        .query(
-            &conn.statements.read,
-            &[
-                &aggregate.domain().as_str(),
-                &aggregate.root(),
-                &from,
-                &last,
-            ],
-        )
-        .await?;
-    rows.iter().map(|row| page(row, 0, aggregate)).collect()
+    let domain = aggregate.domain().as_str();
+    let root = aggregate.root();
+    let params: [&(dyn ToSql + Sync); 4] = [&domain, &root, &from, &last];
+    // Each row is decoded as it arrives, while the driver's connection task reads the next
+    // ones: the decoding overlaps the transfer, and no row outlives its page.
+    let rows = conn.client.query_raw(&conn.statements.read, params).await?;
+    let mut rows = std::pin::pin!(rows);
+    let mut pages = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        pages.push(page(&row, 0, aggregate)?);
+    }
+    Ok(pages)
 }
 
 /// The events of `aggregate` appended with `request_id`, ascending, and the first one's digest.

@@ -131,17 +131,32 @@ impl PostgresStore {
                 sql::append(&pooled, aggregate, expected, batch),
             )
             .await;
-            let error = match outcome {
-                Ok(Ok(appended)) if appended.inserted > 0 => {
+            match outcome {
+                Ok(Ok(inserted)) if inserted > 0 => {
                     return Ok(expected_sequence + batch.len() as u64);
                 }
-                Ok(Ok(appended)) => {
-                    return Err(EventStoreError::Conflict {
-                        expected: expected_sequence,
-                        actual: keys::parse_sequence(appended.next)?,
-                    });
-                }
-                Ok(Err(error)) => error,
+                // The check refused it: the stream does not end at the expected sequence.
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => match AppendFailure::of(&error) {
+                    // Another writer stored one of the batch's sequences first; the insert
+                    // waited for it to commit.
+                    AppendFailure::Conflict => {}
+                    AppendFailure::Retry if retries < RETRIES => {
+                        retries += 1;
+                        tracing::debug!(%error, retries, "retrying an append");
+                        continue;
+                    }
+                    AppendFailure::Retry => {
+                        return Err(EventStoreError::Unavailable(Box::new(error)));
+                    }
+                    AppendFailure::Failed(kind) => {
+                        return Err(kind.failure(Box::new(error)).into());
+                    }
+                    AppendFailure::Unknown => {
+                        drop(Pooled::take(pooled));
+                        return Err(EventStoreError::OutcomeUnknown(Box::new(error)));
+                    }
+                },
                 Err(Elapsed { .. }) => {
                     drop(Pooled::take(pooled));
                     return Err(EventStoreError::OutcomeUnknown(
@@ -152,37 +167,25 @@ impl PostgresStore {
                         .into(),
                     ));
                 }
-            };
-            match AppendFailure::of(&error) {
-                AppendFailure::Conflict => {
-                    // The writer that got there first has committed (the insert waited for
-                    // it): a fresh read sees its end.
-                    let outcome = tokio::time::timeout(
-                        self.operation_timeout,
-                        sql::next_sequence(&pooled, aggregate),
-                    )
-                    .await;
-                    let actual = self.settle(pooled, outcome)?;
-                    return Err(EventStoreError::Conflict {
-                        expected: expected_sequence,
-                        actual,
-                    });
-                }
-                AppendFailure::Retry if retries < RETRIES => {
-                    retries += 1;
-                    tracing::debug!(%error, retries, "retrying an append");
-                }
-                AppendFailure::Retry => {
-                    return Err(EventStoreError::Unavailable(Box::new(error)));
-                }
-                AppendFailure::Failed(kind) => {
-                    return Err(kind.failure(Box::new(error)).into());
-                }
-                AppendFailure::Unknown => {
-                    drop(Pooled::take(pooled));
-                    return Err(EventStoreError::OutcomeUnknown(Box::new(error)));
-                }
             }
+            // A conflict: nothing was written. A fresh read sees where the stream ends now,
+            // the writers that got there first included.
+            let outcome = tokio::time::timeout(
+                self.operation_timeout,
+                sql::next_sequence(&pooled, aggregate),
+            )
+            .await;
+            let actual = self.settle(pooled, outcome)?;
+            if actual == expected_sequence && retries < RETRIES {
+                // The stream was short of the expected sequence when the check ran, and
+                // another writer has brought it there since: the append may go in now.
+                retries += 1;
+                continue;
+            }
+            return Err(EventStoreError::Conflict {
+                expected: expected_sequence,
+                actual,
+            });
         }
     }
 }

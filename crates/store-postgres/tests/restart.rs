@@ -75,7 +75,7 @@ async fn a_server_restarted_under_load_loses_and_duplicates_no_acknowledged_comm
     let mut load = Load::start(&gateway, &roots);
     load.progress(PROGRESS).await;
 
-    let outages: [(&str, fn(&mut Server)); 2] = [
+    let outages: [(&str, Outage); 2] = [
         ("killed (SIGKILL to every server process)", Server::crash),
         (
             "stopped with pg_ctl stop -m immediate",
@@ -135,6 +135,9 @@ async fn a_server_restarted_under_load_loses_and_duplicates_no_acknowledged_comm
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A way of taking the server down.
+type Outage = fn(&mut Server);
 
 fn config(url: &str) -> PostgresConfig {
     PostgresConfig::new(url)

@@ -297,6 +297,87 @@ async fn an_append_ended_by_the_server_is_unknown_and_one_cancelled_is_unavailab
     scratch.drop_schema().await;
 }
 
+/// Finding a stream's end (to read it, and to check an append's expected sequence) is one
+/// backward step in the primary key however long the stream, before and after the table is
+/// analyzed, with generic and custom plans. (`max(sequence)` was planned, on a table not yet
+/// analyzed, as an aggregate over the whole stream: commands slowed down as streams grew.)
+#[tokio::test]
+async fn the_end_of_a_stream_is_found_in_one_index_step_however_long_the_stream() {
+    let scratch = Scratch::new().await;
+    let store = scratch.open().await;
+    let aggregate = aggregate();
+    let length = 2_000;
+    store
+        .append(&aggregate, Append::new(0, pages(0, length)))
+        .await
+        .expect("append");
+    let sql = Sql::new(&scratch.schema);
+    let key = format!("'account', '{}'", aggregate.root());
+    // The appends' arguments make them insert, at the stream's end.
+    let arguments = [
+        key.clone(),
+        format!("{key}, {length}, NULL, NULL, 'c', 'p'"),
+        format!("{key}, {length}, NULL, NULL, '{{c}}', '{{p}}'"),
+    ];
+    for (index, statement) in sql.heads().into_iter().enumerate() {
+        scratch
+            .admin
+            .batch_execute(&format!("PREPARE head_{index} AS {statement}"))
+            .await
+            .expect("prepare");
+    }
+    for analyzed in [false, true] {
+        if analyzed {
+            scratch
+                .admin
+                .batch_execute(&scratch.sql("ANALYZE {schema}.events"))
+                .await
+                .expect("analyze");
+        }
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            for (index, arguments) in arguments.iter().enumerate() {
+                let explain = format!(
+                    "SET plan_cache_mode = {mode}; BEGIN; \
+                     EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) \
+                     EXECUTE head_{index}({arguments})"
+                );
+                let plan: Vec<String> = scratch
+                    .admin
+                    .simple_query(&explain)
+                    .await
+                    .expect("explain")
+                    .into_iter()
+                    .filter_map(|message| match message {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            row.get(0).map(str::to_owned)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                scratch
+                    .admin
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .expect("roll back");
+                let plan = plan.join("\n");
+                let scanned: Vec<u64> = plan
+                    .lines()
+                    .filter(|line| line.contains(" Scan "))
+                    .filter_map(|line| line.split("actual rows=").nth(1))
+                    .filter_map(|rows| rows.split_whitespace().next()?.parse().ok())
+                    .collect();
+                assert!(
+                    !scanned.is_empty() && scanned.iter().all(|rows| *rows <= 1),
+                    "statement {index}, {mode}, analyzed: {analyzed}: the scan reads more \
+                     than one row\n{plan}"
+                );
+            }
+        }
+    }
+    drop(store);
+    scratch.drop_schema().await;
+}
+
 /// All connections busy for the whole acquire timeout: `Unavailable`, nothing sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_stays_busy_is_unavailable() {
