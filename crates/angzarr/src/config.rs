@@ -90,6 +90,9 @@ pub(crate) struct Limits {
     pub(crate) max_conflict_retries: u32,
     /// Events of recently written histories kept in memory (0: none).
     pub(crate) cached_events: usize,
+    /// How far the clocks of the servers sharing a store may disagree (see `retry_on_conflict`
+    /// in `proto/angzarr/v1/types.proto`).
+    pub(crate) max_clock_skew_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +158,7 @@ impl Default for Limits {
             max_command_pages: core.max_command_pages,
             max_conflict_retries: core.max_conflict_retries,
             cached_events: core.cached_events,
+            max_clock_skew_ms: core.max_clock_skew.as_millis() as u64,
         }
     }
 }
@@ -300,6 +304,7 @@ impl Config {
         config.max_command_pages = self.limits.max_command_pages;
         config.max_conflict_retries = self.limits.max_conflict_retries;
         config.cached_events = self.limits.cached_events;
+        config.max_clock_skew = Duration::from_millis(self.limits.max_clock_skew_ms);
         config
     }
 }

@@ -36,6 +36,11 @@ pub struct GatewayConfig {
     /// How many events of recently used histories are kept in memory, so that a command for
     /// an aggregate written recently need not read it back. 0 disables the cache.
     pub cached_events: usize,
+    /// How far the clocks of the gateways sharing a store may disagree. An append that
+    /// conflicts with events another gateway stamped more than this before the command arrived
+    /// met a history cached here before that write, not a race: the command is decided again
+    /// on the current state even without `retry_on_conflict`.
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl Default for GatewayConfig {
@@ -47,6 +52,7 @@ impl Default for GatewayConfig {
             max_command_pages: 100,
             max_id_len: 256,
             cached_events: 100_000,
+            max_clock_skew: std::time::Duration::from_millis(500),
         }
     }
 }
@@ -274,6 +280,7 @@ impl Gateway {
         let command = Command {
             book: &command,
             request: request.as_ref(),
+            arrived: SystemTime::now(),
         };
         let _one_at_a_time = self.inner.locks.lock(&aggregate).await;
         let mut retries_left = if command.book.retry_on_conflict {
@@ -371,15 +378,6 @@ impl Gateway {
             Err(error) => return Attempt::Done(Err(error)),
         };
         let next_sequence = history.next_sequence;
-        // Without retries, a conflict must mean a writer that came after the command arrived
-        // (the proto's rule), so a cached history, which may predate it, is confirmed current
-        // first: one next-sequence read instead of the history.
-        if from_cache
-            && !command.book.retry_on_conflict
-            && self.is_stale(aggregate, next_sequence).await
-        {
-            return Attempt::StaleCache;
-        }
         // Looked up after loading: a first attempt that appended before the load is found
         // here, and one that appends after it makes our append conflict, and we look again.
         match self.replay(aggregate, command).await {
@@ -479,9 +477,16 @@ impl Gateway {
             Err(EventStoreError::Conflict { expected, actual }) => {
                 return match self.replay(aggregate, command).await {
                     Ok(Some(replay)) => Attempt::Done(Ok(replay)),
-                    // With retries, a stale cache costs none; without, the cache was confirmed
-                    // current before deciding, so this is a race as after a load.
+                    // With retries, a stale cache costs none of them.
                     Ok(None) if from_cache && command.book.retry_on_conflict => Attempt::StaleCache,
+                    Ok(None)
+                        if from_cache
+                            && self
+                                .written_before_arrival(aggregate, command, expected..actual)
+                                .await =>
+                    {
+                        Attempt::StaleCache
+                    }
                     Ok(None) => Attempt::LostRace { expected, actual },
                     Err(error) => Attempt::Done(Err(error)),
                 };
@@ -542,6 +547,40 @@ impl Gateway {
             }
         }
         Err(EventStoreError::OutcomeUnknown(unknown))
+    }
+
+    /// Whether every event in `sequences` (those another writer appended past a cached
+    /// history) was provably written before `command` arrived: stamped earlier than its arrival
+    /// by more than the clocks of two gateways may disagree. Such writes are no race, so the
+    /// proto's `retry_on_conflict` rule lets the command be decided again on the current state.
+    /// Anything else, or a read that fails, counts as a race.
+    async fn written_before_arrival(
+        &self,
+        aggregate: &AggregateId,
+        command: Command<'_>,
+        sequences: std::ops::Range<u64>,
+    ) -> bool {
+        let Some(deadline) = command
+            .arrived
+            .checked_sub(self.inner.config.max_clock_skew)
+        else {
+            return false;
+        };
+        let deadline = prost_types::Timestamp::from(deadline);
+        let Ok(written) = self
+            .inner
+            .events
+            .read(aggregate, sequences.clone().into())
+            .await
+        else {
+            return false;
+        };
+        written.len() as u64 == sequences.end - sequences.start
+            && written.iter().all(|page| {
+                page.created_at.is_some_and(|created| {
+                    (created.seconds, created.nanos) < (deadline.seconds, deadline.nanos)
+                })
+            })
     }
 
     /// Whether the aggregate moved past `next_sequence` (or cannot be checked).
@@ -666,6 +705,8 @@ fn backoff(lost: u32) -> std::time::Duration {
 struct Command<'c> {
     book: &'c CommandBook,
     request: Option<&'c RequestKey>,
+    /// When the gateway received it, by this host's clock.
+    arrived: SystemTime,
 }
 
 /// What identifies a command for its request id: its pages (by type name, whatever the type

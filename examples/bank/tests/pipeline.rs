@@ -5,8 +5,8 @@ use std::sync::Arc;
 use angzarr_core::{CommandError, Gateway, GatewayConfig, NativeLogic};
 use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, replay, withdraw};
 use angzarr_ports::{
-    AggregateId, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreExt, SnapshotStore,
-    SnapshotStoreError, async_trait,
+    AggregateId, Append, ClientLogic, ClientLogicError, Domain, EventStore, EventStoreExt,
+    SnapshotStore, SnapshotStoreError, async_trait,
 };
 use angzarr_proto::v1::{
     BusinessReply, CommandBook, CommandPage, ContextualCommand, EventPage, EventsEmitted, Snapshot,
@@ -513,23 +513,87 @@ async fn a_history_cached_by_one_process_never_hides_writes_of_another() {
     first.execute(command(root, &deposit(100))).await.unwrap(); // cached by `first`
     second.execute(command(root, &withdraw(100))).await.unwrap();
     // On its cached balance of 100, `first` would allow this; the real balance is 0. The other
-    // write came before the command, so it is no race: decided on the current state, without
-    // any retry asked for.
+    // write came just before: it may be a race, so without retries the command fails...
+    let overdraft = first.execute(command(root, &withdraw(60))).await;
+    assert!(
+        matches!(overdraft, Err(CommandError::Conflict { .. })),
+        "{overdraft:?}"
+    );
+    // ...and, once the history is current again, is decided on the current state.
     let overdraft = first.execute(command(root, &withdraw(60))).await;
     assert!(
         matches!(overdraft, Err(CommandError::Rejected(_))),
         "{overdraft:?}"
     );
-    second.execute(command(root, &deposit(50))).await.unwrap();
-    // On its cached balance, `first` would refuse this; the real balance is 50.
-    first.execute(command(root, &withdraw(30))).await.unwrap();
-    second.execute(command(root, &deposit(1))).await.unwrap();
+    // With retries, a stale history is reloaded at once.
+    let retrying = |mut book: CommandBook| {
+        book.retry_on_conflict = true;
+        book
+    };
+    second
+        .execute(retrying(command(root, &deposit(50))))
+        .await
+        .unwrap();
+    // On its cached balance of 0, `first` would refuse this; the real balance is 50.
+    first
+        .execute(retrying(command(root, &withdraw(30))))
+        .await
+        .unwrap();
+    second
+        .execute(retrying(command(root, &deposit(1))))
+        .await
+        .unwrap();
     // The client read sequence 6 elsewhere; `first` has not seen it, yet must accept it.
     let mut current = command(root, &deposit(1));
     current.expected_sequence = Some(6);
     first.execute(current).await.unwrap();
     assert_eq!(store.next_sequence(&account(root)).await.unwrap(), 7);
     assert_eq!(fold(first, root).await.balance, 22);
+}
+
+#[tokio::test]
+async fn a_write_provably_older_than_the_command_is_no_race_even_without_retries() {
+    let (gateways, store, _) = processes(1);
+    let gateway = &gateways[0];
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap(); // cached
+    // Another gateway's deposit, stamped a minute before the next command arrives.
+    let deposited = angzarr_example_bank::proto::BankEvent {
+        kind: Some(angzarr_example_bank::proto::bank_event::Kind::Deposited(
+            angzarr_example_bank::proto::Deposited { amount: 70 },
+        )),
+    };
+    let stamped = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let event = EventPage {
+        sequence: 1,
+        created_at: Some(stamped.into()),
+        payload: Some(Any::from_msg(&deposited).unwrap()),
+        correlation_id: "elsewhere".into(),
+    };
+    store
+        .append(&account(root), Append::new(1, vec![event]))
+        .await
+        .unwrap();
+    // On its cached balance of 0, the gateway would refuse this; decided on the current state.
+    let withdrawn = gateway.execute(command(root, &withdraw(50))).await.unwrap();
+    assert_eq!(withdrawn.events.unwrap().pages[0].sequence, 2);
+    // The same write stamped now is a possible race: without retries, a conflict.
+    let now = EventPage {
+        sequence: 3,
+        created_at: Some(std::time::SystemTime::now().into()),
+        payload: Some(Any::from_msg(&deposited).unwrap()),
+        correlation_id: "elsewhere".into(),
+    };
+    store
+        .append(&account(root), Append::new(3, vec![now]))
+        .await
+        .unwrap();
+    // Allowed on the cached balance of 20 as on the real one of 90: only the race decides.
+    let raced = gateway.execute(command(root, &withdraw(10))).await;
+    assert!(
+        matches!(raced, Err(CommandError::Conflict { .. })),
+        "{raced:?}"
+    );
 }
 
 #[tokio::test]
