@@ -273,13 +273,14 @@ impl Config {
                 self.store.kind
             );
         }
-        if networked && (self.store.connect_timeout_ms == 0 || self.store.operation_timeout_ms == 0)
+        if networked
+            && (self.store.connect_timeout().is_zero() || self.store.operation_timeout().is_zero())
         {
             bail!("store.connect_timeout_ms and store.operation_timeout_ms must be positive");
         }
         // A lost acknowledgement is resolved by resending and reading back, which takes a few
         // store operations: with less time left, the client only ever hears DEADLINE_EXCEEDED.
-        if networked && self.store.operation_timeout_ms * 2 > self.server.request_timeout_ms {
+        if networked && self.store.operation_timeout() * 2 > self.server.request_timeout() {
             bail!(
                 "store.operation_timeout_ms ({}) must be at most half of server.request_timeout_ms \
                  ({}), so that an append whose acknowledgement is lost can be resolved in time",
