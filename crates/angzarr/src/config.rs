@@ -227,6 +227,9 @@ impl Config {
             if key == "CONFIG" {
                 continue; // the path of the file itself, read by the command line
             }
+            if key.starts_with("TEST_") {
+                continue; // the test suite's connection variables (`cargo xtask services`)
+            }
             let (section, field) = match key.split_once('_') {
                 Some((section, field)) if SECTIONS.contains(&section.to_lowercase().as_str()) => {
                     (section.to_lowercase(), field.to_lowercase())
@@ -411,6 +414,7 @@ mod tests {
                 ("ANGZARR_STORE_DATA_DIR", "2024"),
                 ("ANGZARR_SERVER_REQUEST_TIMEOUT_MS", "750"),
                 ("ANGZARR_STORE_KIND", "memory"),
+                ("ANGZARR_TEST_POSTGRES_URL", "postgres://127.0.0.1/x"),
                 ("OTHER", "x"),
             ]),
         )

@@ -1,7 +1,6 @@
 //! End to end: the real `angzarr` binary as a separate process on a free port, driven only
 //! through gRPC.
 
-use std::process::Command;
 use std::time::Duration;
 
 use angzarr_example_bank::{command, deposit, open, withdraw};
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{BINARY, Server};
+use common::{Server, angzarr};
 
 async fn history(server: &Server, root: Uuid) -> Vec<EventPage> {
     let query = AggregateQuery {
@@ -427,7 +426,7 @@ fn configuration_errors_name_the_file_and_line_and_exit_with_2() {
         "[server]\nlisten = \"127.0.0.1:1\"\nrequest_timeout_ms = \"soon\"\n",
     )
     .unwrap();
-    let output = Command::new(BINARY)
+    let output = angzarr()
         .arg("--config")
         .arg(&path)
         .arg("serve")
@@ -441,7 +440,7 @@ fn configuration_errors_name_the_file_and_line_and_exit_with_2() {
     );
 
     std::fs::write(&path, "[server\n").unwrap();
-    let output = Command::new(BINARY)
+    let output = angzarr()
         .arg("--config")
         .arg(&path)
         .args(["config", "--print"])
@@ -457,7 +456,7 @@ fn configuration_errors_name_the_file_and_line_and_exit_with_2() {
 
 #[test]
 fn config_print_shows_the_effective_configuration() {
-    let output = Command::new(BINARY)
+    let output = angzarr()
         .args(["config", "--print"])
         .env("ANGZARR_SERVER_REQUEST_TIMEOUT_MS", "1234")
         .output()
@@ -479,7 +478,7 @@ fn every_subcommand_has_help() {
         &["config", "--help"],
         &["load", "--help"],
     ] {
-        let output = Command::new(BINARY).args(args).output().unwrap();
+        let output = angzarr().args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");
         assert!(
             String::from_utf8_lossy(&output.stdout).contains("Usage"),

@@ -8,12 +8,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use angzarr_example_bank::{command, deposit, open};
 use angzarr_proto::v1::{AggregateQuery, EventPage};
-use common::{BINARY, Server};
+use common::{Server, angzarr};
 use uuid::Uuid;
 
 fn required(variable: &str) -> String {
@@ -128,11 +128,7 @@ async fn two_servers_over_one_redis_lose_and_duplicate_nothing() {
 fn refused_at_start(kind: &str, url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut command = Command::new(BINARY);
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
-        command.env_remove(name);
-    }
-    let output = command
+    let output = angzarr()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("ANGZARR_STORE_KIND", kind)

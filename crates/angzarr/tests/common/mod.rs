@@ -14,6 +14,15 @@ use tonic::transport::Channel;
 /// The binary under test.
 pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_angzarr");
 
+/// The binary, run with none of the developer's own `ANGZARR_*` settings.
+pub(crate) fn angzarr() -> Command {
+    let mut command = Command::new(BINARY);
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// A server process on a free loopback port; killed when dropped.
 pub(crate) struct Server {
     pub(crate) child: Child,
@@ -23,12 +32,7 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BINARY);
-        // Only what the test sets: not the developer's own ANGZARR_* settings.
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ANGZARR_")) {
-            command.env_remove(name);
-        }
-        let mut child = command
+        let mut child = angzarr()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .envs(env.iter().copied())
