@@ -6,10 +6,12 @@
 //! `-p`/`--package` argument the whole workspace is benchmarked. `--bench NAME` runs that
 //! target alone (`--benches` would add every other).
 //!
-//! The PostgreSQL benchmark (`--bench postgres` of `angzarr-example-bank`) needs a server:
-//! when it is among the selected targets and `ANGZARR_TEST_POSTGRES_URL` is not set, the
-//! `postgres` service is started first (`services up postgres`) and, if this run started it,
-//! stopped after.
+//! The PostgreSQL and Redis benchmarks (`--bench postgres` and `--bench redis` of
+//! `angzarr-example-bank`) need servers: when such a benchmark is among the selected targets
+//! and a variable that points it at a server is not set (`ANGZARR_TEST_POSTGRES_URL`;
+//! `ANGZARR_TEST_REDIS_URL`, `ANGZARR_TEST_REDIS_CLUSTER_URLS`), the service behind that
+//! variable is started first (as `services up postgres`, `services up redis redis-cluster`)
+//! and, if this run started it, stopped after. See [`SERVICE_BENCHES`].
 
 use std::process::Command;
 
@@ -47,33 +49,78 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         command.arg("--").args(bench_args);
     }
 
-    let provisioned =
-        if selects_postgres_bench(cargo_args) && std::env::var_os(POSTGRES_URL).is_none() {
-            services::up(&services::for_backends(&["postgres"])?)?
-        } else {
-            services::Provisioned::default()
-        };
+    let needed = needed_services(cargo_args, |var| std::env::var_os(var).is_some());
+    let provisioned = if needed.is_empty() {
+        services::Provisioned::default()
+    } else {
+        services::up(&needed)?
+    };
     command.envs(provisioned.env.iter().map(|(key, value)| (key, value)));
     let result = run_status(&mut command);
     let stopped = services::stop_started(&provisioned);
     result.and(stopped)
 }
 
-/// The package and the target of the benchmark that needs a PostgreSQL server.
-const POSTGRES_BENCH: (&str, &str) = ("angzarr-example-bank", "postgres");
+/// A benchmark that needs servers: its package and target, and each variable that points it
+/// at a server with the service (a row or a group of `services`) started when it is not set.
+struct ServiceBench {
+    package: &'static str,
+    target: &'static str,
+    servers: &'static [(&'static str, &'static str)],
+}
 
-/// The variable that points the PostgreSQL benchmark at a server.
-const POSTGRES_URL: &str = "ANGZARR_TEST_POSTGRES_URL";
+/// The benchmarks that need servers.
+const SERVICE_BENCHES: &[ServiceBench] = &[
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "postgres",
+        servers: &[("ANGZARR_TEST_POSTGRES_URL", "postgres")],
+    },
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "redis",
+        servers: &[
+            ("ANGZARR_TEST_REDIS_URL", "redis"),
+            ("ANGZARR_TEST_REDIS_CLUSTER_URLS", "redis-cluster"),
+        ],
+    },
+];
 
-/// Whether the PostgreSQL benchmark is among the targets these `cargo bench` arguments run:
-/// named with `--bench`, or, without one, in a selected package (all without `-p`).
-fn selects_postgres_bench(cargo_args: &[String]) -> bool {
+/// The services to start for the benchmarks these `cargo bench` arguments run, in table
+/// order: those behind each variable of a selected benchmark that is not `set`.
+fn needed_services(
+    cargo_args: &[String],
+    set: impl Fn(&str) -> bool,
+) -> Vec<&'static services::Service> {
+    let names: Vec<&str> = SERVICE_BENCHES
+        .iter()
+        .filter(|bench| selects_bench(cargo_args, bench))
+        .flat_map(|bench| bench.servers)
+        .filter(|(var, _)| !set(var))
+        .map(|(_, service)| *service)
+        .collect();
+    services::SERVICES
+        .iter()
+        .filter(|service| {
+            names.iter().any(|name| {
+                *name == service.name
+                    || services::GROUPS
+                        .iter()
+                        .any(|(group, members)| group == name && members.contains(&service.name))
+            })
+        })
+        .collect()
+}
+
+/// Whether `bench` is among the targets these `cargo bench` arguments run: named with
+/// `--bench`, or, without one, in a selected package (all without `-p`).
+fn selects_bench(cargo_args: &[String], bench: &ServiceBench) -> bool {
     let targets = values_of(cargo_args, "--bench", None);
     if !targets.is_empty() {
-        return targets.contains(&POSTGRES_BENCH.1);
+        return targets.contains(&bench.target);
     }
     let packages = values_of(cargo_args, "--package", Some("-p"));
-    packages.is_empty() || packages.contains(&POSTGRES_BENCH.0)
+    packages.is_empty() || packages.contains(&bench.package)
 }
 
 /// The values given to `long` (`long VALUE`, `long=VALUE`) or `short` (`short VALUE`,
@@ -178,12 +225,25 @@ pub(crate) fn front_door() -> Result<()> {
 mod tests {
     use super::*;
 
+    fn needed(args: &[&str], set: &[&str]) -> Vec<&'static str> {
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        needed_services(&args, |var| set.contains(&var))
+            .iter()
+            .map(|service| service.name)
+            .collect()
+    }
+
+    const POSTGRES: &[&str] = &["postgres"];
+    const REDIS: &[&str] = &[
+        "redis",
+        "redis-cluster-1",
+        "redis-cluster-2",
+        "redis-cluster-3",
+    ];
+
     #[test]
     fn the_postgres_benchmark_is_selected_by_target_or_package() {
-        let selects = |args: &[&str]| {
-            let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
-            selects_postgres_bench(&args)
-        };
+        let selects = |args: &[&str]| needed(args, &[]).contains(&"postgres");
         assert!(selects(&[]));
         assert!(selects(&["-p", "angzarr-example-bank"]));
         assert!(selects(&["-pangzarr-example-bank"]));
@@ -201,5 +261,44 @@ mod tests {
         ]));
         assert!(!selects(&["--package", "angzarr-store-sqlite"]));
         assert!(!selects(&["--bench", "pipeline"]));
+        assert!(!selects(&["--bench", "redis"]));
+    }
+
+    #[test]
+    fn the_redis_benchmark_starts_the_server_and_the_cluster_unless_set() {
+        assert_eq!(needed(&["--bench", "redis"], &[]), REDIS);
+        assert_eq!(
+            needed(&["-p", "angzarr-example-bank", "--bench", "redis"], &[]),
+            REDIS
+        );
+        assert_eq!(
+            needed(&["--bench", "redis"], &["ANGZARR_TEST_REDIS_URL"]),
+            &REDIS[1..]
+        );
+        assert_eq!(
+            needed(&["--bench", "redis"], &["ANGZARR_TEST_REDIS_CLUSTER_URLS"]),
+            &REDIS[..1]
+        );
+        assert!(
+            needed(
+                &["--bench", "redis"],
+                &["ANGZARR_TEST_REDIS_URL", "ANGZARR_TEST_REDIS_CLUSTER_URLS"]
+            )
+            .is_empty()
+        );
+        assert!(needed(&["--bench", "pipeline"], &[]).is_empty());
+        assert!(needed(&["--bench", "postgres"], &["ANGZARR_TEST_POSTGRES_URL"]).is_empty());
+        assert_eq!(needed(&["--bench", "postgres"], &[]), POSTGRES);
+        let all = needed(&["-p", "angzarr-example-bank"], &[]);
+        assert_eq!(
+            all,
+            [
+                "redis",
+                "redis-cluster-1",
+                "redis-cluster-2",
+                "redis-cluster-3",
+                "postgres"
+            ]
+        );
     }
 }
