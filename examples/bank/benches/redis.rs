@@ -17,15 +17,24 @@
 //!   event), the member being the bytes the store stores (sequence, token, encoded page), by
 //!   1 client or by 64 concurrent clients each on an aggregate of its own;
 //! - reads: `ZRANGE key 0 -1` of the store's own events key, every member decoded (and, for
-//!   the third rebuild row, folded with the bank's `replay`, as the pipeline does).
+//!   the last rebuild row, folded with the bank's `replay`, as the pipeline does). The reply's
+//!   buffers are freed on the clock (the store frees its own), the pages after it, on both
+//!   sides.
 //!
-//! Runs of the pipeline and of its baseline alternate; each figure is the median.
+//! Two more append figures split the pipeline's cost: the store alone (`EventStore::append`
+//! of the same pages, no core), and the raw client sending exactly the store's requests (its
+//! own append script, read from the store's source, with the store's keys and arguments; in a
+//! cluster the correlation index `SADD` first, as the store does).
+//!
+//! Runs of the variants of one figure take turns; each figure is the median (of 5 runs for
+//! appends, of 20 for reads).
 //!
 //! Requests per command are counted on the servers, with `MONITOR` on every node: each
 //! request the store sends (not the commands its scripts run) is one line. Every key of a run
 //! carries the run's prefix, which the count filters on, and the keys are removed at the end.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,7 +65,7 @@ const HISTORY_BATCH: u64 = 10_000;
 
 /// The baseline's compare-and-append: the least a script must do to append one event at an
 /// expected sequence.
-const RAW_APPEND: &str = r"
+const MINIMAL_APPEND: &str = r"
 local actual = redis.call('ZCARD', KEYS[1])
 if actual ~= tonumber(ARGV[1]) then
   return {0, actual}
@@ -64,6 +73,17 @@ end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 return {1, actual + 1}
 ";
+
+/// The store's own append script, taken from its source so that it cannot drift.
+fn store_append_script() -> &'static str {
+    const SOURCE: &str = include_str!("../../../crates/store-redis/src/script.rs");
+    const START: &str = "pub(crate) const APPEND: &str = r#\"";
+    let start = SOURCE.find(START).expect("the store's append script") + START.len();
+    let len = SOURCE[start..]
+        .find("\"#;")
+        .expect("the end of the append script");
+    &SOURCE[start..start + len]
+}
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this once as a smoke test.
@@ -76,7 +96,7 @@ fn main() {
 }
 
 struct Row {
-    figure: &'static str,
+    figure: String,
     ours: String,
     baseline: String,
     /// Ours against the baseline, as speeds: above 1, ours is faster.
@@ -147,31 +167,14 @@ fn targets() -> Vec<Target> {
     ]
 }
 
+/// One target's figures: its name, the table's rows, and the requests per command by kind.
+type Report = (
+    &'static str,
+    Vec<Row>,
+    Vec<(&'static str, BTreeMap<String, f64>)>,
+);
+
 async fn run(quick: bool) {
-    if let Ok(what) = std::env::var("PROFILE_ONLY") {
-        let cluster = what.starts_with("cluster-");
-        let target = targets()
-            .into_iter()
-            .find(|t| t.cluster == cluster)
-            .unwrap();
-        let bench = Bench::open(target).await;
-        let what = what.trim_start_matches("cluster-");
-        let mut rates = Vec::new();
-        for _ in 0..5 {
-            rates.push(match what {
-                "p1" => bench.pipeline(1, 20_000, Commands::Plain).await,
-                "p64" => bench.pipeline(64, 64_000, Commands::Plain).await,
-                "r1" => bench.raw_appends(1, 20_000).await,
-                "r64" => bench.raw_appends(64, 64_000).await,
-                "s1" => bench.store_appends(1, 20_000).await,
-                "s64" => bench.store_appends(64, 64_000).await,
-                _ => panic!(),
-            });
-        }
-        println!("{what}: {rates:.0?}");
-        bench.close().await;
-        return;
-    }
     let mut reports = Vec::new();
     for target in targets() {
         let bench = Bench::open(target).await;
@@ -213,31 +216,22 @@ async fn run(quick: bool) {
     }
 }
 
-type Report = (
-    &'static str,
-    Vec<Row>,
-    Vec<(&'static str, BTreeMap<String, f64>)>,
-);
+/// One way of doing a figure's work, answering its throughput or its time.
+type Variant<'a> = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = f64> + 'a>> + 'a>;
 
-/// Runs `ours` and `baseline` in turns, `runs` times each, and answers both medians.
-async fn alternate<A, B>(
-    runs: usize,
-    mut ours: impl FnMut() -> A,
-    mut baseline: impl FnMut() -> B,
-) -> (f64, f64)
-where
-    A: Future<Output = f64>,
-    B: Future<Output = f64>,
-{
-    // One of each first, unmeasured: connections open, the scripts get cached.
-    ours().await;
-    baseline().await;
-    let (mut a, mut b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for _ in 0..runs {
-        a.push(ours().await);
-        b.push(baseline().await);
+/// Runs the variants in turns, `runs` times each, and answers each one's median.
+async fn rotate(runs: usize, mut variants: Vec<Variant<'_>>) -> Vec<f64> {
+    // One of each first, unmeasured: connections open, scripts get cached.
+    for variant in &mut variants {
+        variant().await;
     }
-    (median(a), median(b))
+    let mut results = vec![Vec::with_capacity(runs); variants.len()];
+    for _ in 0..runs {
+        for (variant, results) in variants.iter_mut().zip(&mut results) {
+            results.push(variant().await);
+        }
+    }
+    results.into_iter().map(median).collect()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -265,6 +259,12 @@ fn deposited_page(sequence: u64, correlation_id: &str) -> EventPage {
     }
 }
 
+/// A random append token, as the store makes one per append.
+fn token() -> u64 {
+    let (high, low) = Uuid::new_v4().as_u64_pair();
+    high ^ low
+}
+
 /// The member the store keeps for an event: its sequence and an append token (8 bytes each,
 /// big-endian), then the encoded page.
 fn event_member(page: &EventPage, token: u64) -> Vec<u8> {
@@ -285,6 +285,17 @@ fn decode_member(member: &[u8]) -> EventPage {
         "the member's sequence"
     );
     page
+}
+
+/// The member of the store's correlation index for the events `from..to` of one append:
+/// `len(id)` (4 bytes, big-endian), the id, then both sequences (8 bytes each).
+fn correlation_member(id: &str, from: u64, to: u64) -> Vec<u8> {
+    let mut member = Vec::with_capacity(4 + id.len() + 16);
+    member.extend_from_slice(&u32::try_from(id.len()).expect("short").to_be_bytes());
+    member.extend_from_slice(id.as_bytes());
+    member.extend_from_slice(&from.to_be_bytes());
+    member.extend_from_slice(&to.to_be_bytes());
+    member
 }
 
 /// The raw client's connection: the same kind as the store's.
@@ -325,11 +336,17 @@ impl RawConnection {
         }
     }
 
-    /// Runs the compare-and-append script: `{1, next}` or `{0, actual}`.
-    async fn append(&mut self, script: &Script, key: &str, expected: u64, member: &[u8]) -> bool {
+    /// Runs an append script (`EVALSHA`, `EVAL` the first time): whether it answered
+    /// success (`{1, next}`).
+    async fn append(&mut self, script: &Script, keys: &[String], args: &[Vec<u8>]) -> bool {
         let mut invocation = script.prepare_invoke();
-        invocation.key(key).arg(expected).arg(expected).arg(member);
-        let (status, _): (i64, i64) = match self {
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let (status, _): (i64, redis::Value) = match self {
             Self::Single(connection) => invocation.invoke_async(connection).await,
             Self::Cluster(connection) => invocation.invoke_async(connection).await,
         }
@@ -338,13 +355,22 @@ impl RawConnection {
     }
 }
 
+/// What a raw client sends for one event.
+struct RawAppend {
+    /// In a cluster, the `SADD` the store sends before its script.
+    before: Option<Cmd>,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
 /// One target's store, its baseline's connection, and a key prefix of the run's own.
 struct Bench {
     target: Target,
     prefix: String,
     store: Arc<RedisStore>,
     raw: RawConnection,
-    script: Script,
+    minimal: Script,
+    store_script: Script,
 }
 
 impl Bench {
@@ -356,16 +382,28 @@ impl Bench {
             RedisConfig::single(target.urls[0].clone())
         }
         .with_key_prefix(&prefix);
-        let store = RedisStore::open(config)
-            .await
-            .expect("open the Redis store");
+        // A server started just now may still be loading its append-only file (the runs
+        // before this one wrote a lot): wait for it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        let store = loop {
+            match RedisStore::open(config.clone()).await {
+                Err(error)
+                    if error.to_string().to_lowercase().contains("loading")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                opened => break opened.expect("open the Redis store"),
+            }
+        };
         let raw = RawConnection::open(&target).await;
         Self {
             target,
             prefix,
             store: Arc::new(store),
             raw,
-            script: Script::new(RAW_APPEND),
+            minimal: Script::new(MINIMAL_APPEND),
+            store_script: Script::new(store_append_script()),
         }
     }
 
@@ -374,7 +412,7 @@ impl Bench {
         let runs = if quick { 1 } else { RUNS };
         let mut rows = Vec::new();
 
-        for (figure, aggregates, commands) in [
+        for (figure, clients, commands) in [
             (
                 "commands/s, one client, 1 event per command",
                 1,
@@ -386,75 +424,98 @@ impl Bench {
                 scale(CONCURRENT_COMMANDS),
             ),
         ] {
-            let (ours, raw) = alternate(
+            let rates = rotate(
                 runs,
-                || self.pipeline(aggregates, commands, Commands::Plain),
-                || self.raw_appends(aggregates, commands),
+                vec![
+                    Box::new(move || Box::pin(self.pipeline(clients, commands, Commands::Plain))),
+                    Box::new(move || Box::pin(self.store_appends(clients, commands))),
+                    Box::new(move || Box::pin(self.raw_appends(clients, commands, false))),
+                    Box::new(move || Box::pin(self.raw_appends(clients, commands, true))),
+                ],
             )
             .await;
-            let baseline = if aggregates == 1 {
-                format!("{raw:.0}/s raw EVALSHA, one at a time")
-            } else {
-                format!("{raw:.0}/s, {aggregates} concurrent raw EVALSHA clients")
+            let [pipeline, store, store_requests, minimal] = rates[..] else {
+                unreachable!("four variants");
             };
-            rows.push(Row {
-                figure,
-                ours: format!("{ours:.0}/s"),
-                baseline,
-                ratio: ours / raw,
-                goal: ">= 0.8x",
-                met: Some(ours / raw >= 0.8),
-            });
+            let baseline = if clients == 1 {
+                format!("{minimal:.0}/s raw EVALSHA, minimal script, one at a time")
+            } else {
+                format!("{minimal:.0}/s, {clients} concurrent raw EVALSHA clients, minimal script")
+            };
+            let sadd = if self.target.cluster { "SADD and " } else { "" };
+            for (figure, ours, goal) in [
+                (figure.to_owned(), pipeline, true),
+                (
+                    "... the store alone (`append` of the same pages, no core)".to_owned(),
+                    store,
+                    false,
+                ),
+                (
+                    format!("... raw: the store's requests ({sadd}EVALSHA of its own script)"),
+                    store_requests,
+                    false,
+                ),
+            ] {
+                rows.push(Row {
+                    figure,
+                    ours: format!("{ours:.0}/s"),
+                    baseline: baseline.clone(),
+                    ratio: ours / minimal,
+                    goal: if goal { ">= 0.8x" } else { "-" },
+                    met: goal.then_some(ours / minimal >= 0.8),
+                });
+            }
         }
 
         let aggregate = self.history(scale(REBUILD_EVENTS)).await;
         let gateway = self.gateway(0);
-        let (full, raw_read) = alternate(
-            runs * 2,
-            || rebuild(&gateway, &aggregate),
-            || self.raw_read(&aggregate, false),
+        // Reads are short and their times spread (the allocator's state weighs): more runs.
+        let times = rotate(
+            runs * 4,
+            vec![
+                Box::new(|| Box::pin(rebuild(&gateway, &aggregate))),
+                Box::new(|| Box::pin(load(&gateway, &aggregate))),
+                Box::new(|| Box::pin(self.raw_read(&aggregate, false))),
+                Box::new(|| Box::pin(self.raw_read(&aggregate, true))),
+            ],
         )
         .await;
-        let (load, raw_load) = alternate(
-            runs * 2,
-            || load(&gateway, &aggregate),
-            || self.raw_read(&aggregate, false),
-        )
-        .await;
-        let (full_again, raw_folded) = alternate(
-            runs * 2,
-            || rebuild(&gateway, &aggregate),
-            || self.raw_read(&aggregate, true),
-        )
-        .await;
+        let [full, load, raw_read, raw_folded] = times[..] else {
+            unreachable!("four variants");
+        };
         // Times, not speeds: the ratio is the baseline's time over ours.
-        rows.push(Row {
-            figure: "rebuild 100,000 events (load, decode, fold)",
-            ours: format!("{:.1} ms", full * 1e3),
-            baseline: format!("{:.1} ms raw ZRANGE, decoded", raw_read * 1e3),
-            ratio: raw_read / full,
-            goal: ">= 0.9x",
-            met: Some(raw_read / full >= 0.9),
-        });
-        rows.push(Row {
-            figure: "... load alone (read and decode, no fold)",
-            ours: format!("{:.1} ms", load * 1e3),
-            baseline: format!("{:.1} ms raw ZRANGE, decoded", raw_load * 1e3),
-            ratio: raw_load / load,
-            goal: "-",
-            met: None,
-        });
-        rows.push(Row {
-            figure: "... rebuild against a baseline that folds too",
-            ours: format!("{:.1} ms", full_again * 1e3),
-            baseline: format!(
-                "{:.1} ms raw ZRANGE, decoded, folded with `replay`",
-                raw_folded * 1e3
+        for (figure, ours, raw, baseline, goal) in [
+            (
+                "rebuild 100,000 events (load, decode, fold)",
+                full,
+                raw_read,
+                "raw ZRANGE, decoded",
+                true,
             ),
-            ratio: raw_folded / full_again,
-            goal: "-",
-            met: None,
-        });
+            (
+                "... load alone (read and decode, no fold)",
+                load,
+                raw_read,
+                "raw ZRANGE, decoded",
+                false,
+            ),
+            (
+                "... rebuild against a baseline that folds too",
+                full,
+                raw_folded,
+                "raw ZRANGE, decoded, folded with `replay`",
+                false,
+            ),
+        ] {
+            rows.push(Row {
+                figure: figure.to_owned(),
+                ours: format!("{:.1} ms", ours * 1e3),
+                baseline: format!("{:.1} ms {baseline}", raw * 1e3),
+                ratio: raw / ours,
+                goal: if goal { ">= 0.9x" } else { "-" },
+                met: goal.then_some(raw / ours >= 0.9),
+            });
+        }
         drop(gateway);
 
         let counted = scale(COUNTED_COMMANDS);
@@ -479,8 +540,11 @@ impl Bench {
             .build()
     }
 
-    /// Opens an account for each root (not timed).
-    async fn open_accounts(gateway: &Gateway, roots: &[Uuid]) {
+    /// Commands through the whole pipeline: `aggregates` clients, each on an account of its
+    /// own, snapshots every 100 events (the server's default), as in the other benchmarks.
+    async fn pipeline(&self, aggregates: u64, commands: u64, kind: Commands) -> f64 {
+        let gateway = self.gateway(100);
+        let roots: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
         let opened: Vec<_> = roots
             .iter()
             .map(|root| {
@@ -496,14 +560,6 @@ impl Bench {
         for task in opened {
             task.await.expect("open task");
         }
-    }
-
-    /// Commands through the whole pipeline: `aggregates` clients, each on an account of its
-    /// own, snapshots every 100 events (the server's default), as in the other benchmarks.
-    async fn pipeline(&self, aggregates: u64, commands: u64, kind: Commands) -> f64 {
-        let gateway = self.gateway(100);
-        let roots: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
-        Self::open_accounts(&gateway, &roots).await;
         let per_aggregate = commands / aggregates;
         let started = Instant::now();
         let tasks: Vec<_> = roots
@@ -526,32 +582,137 @@ impl Bench {
         (per_aggregate * aggregates) as f64 / started.elapsed().as_secs_f64()
     }
 
-    /// The baseline: the events the pipeline writes, appended by `clients` concurrent tasks,
-    /// each to a sorted set of its own (in the store's key spelling, so that they spread over
-    /// the cluster's slots alike), one compare-and-append script at a time.
-    async fn raw_appends(&self, clients: u64, commands: u64) -> f64 {
+    /// The events the pipeline writes, one per command (each with a correlation id of its
+    /// own, as the core assigns one per command), for `clients` aggregates.
+    fn work(&self, clients: u64, commands: u64) -> Vec<(AggregateId, Vec<EventPage>)> {
         let per_client = commands / clients;
-        let work: Vec<(String, Vec<Vec<u8>>)> = (0..clients)
+        (0..clients)
             .map(|_| {
-                let key = format!("{{{}:raw:{}}}:e", self.prefix, Uuid::new_v4());
-                let members = (0..per_client)
-                    .map(|sequence| {
-                        let page = deposited_page(sequence, &Uuid::new_v4().to_string());
-                        event_member(&page, rand_token())
-                    })
+                let pages = (0..per_client)
+                    .map(|sequence| deposited_page(sequence, &Uuid::new_v4().to_string()))
                     .collect();
-                (key, members)
+                (account(Uuid::new_v4()), pages)
             })
-            .collect();
+            .collect()
+    }
+
+    /// The store alone: the pipeline's events appended one at a time with
+    /// `EventStore::append`, by `clients` concurrent tasks, each on an aggregate of its own.
+    async fn store_appends(&self, clients: u64, commands: u64) -> f64 {
+        let work = self.work(clients, commands);
+        let appended: u64 = work.iter().map(|(_, pages)| pages.len() as u64).sum();
         let started = Instant::now();
         let tasks: Vec<_> = work
             .into_iter()
-            .map(|(key, members)| {
-                let mut raw = self.raw.clone();
-                let script = self.script.clone();
+            .map(|(aggregate, pages)| {
+                let store = self.store.clone();
                 tokio::spawn(async move {
-                    for (sequence, member) in members.iter().enumerate() {
-                        let appended = raw.append(&script, &key, sequence as u64, member).await;
+                    for (sequence, page) in (0..).zip(pages) {
+                        store
+                            .append(&aggregate, Append::new(sequence, vec![page]))
+                            .await
+                            .expect("append");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("store task");
+        }
+        appended as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// What the store sends to append `page` to `aggregate` (one event, no request id, one
+    /// correlation id): its keys and arguments, built ahead, under a domain of the baseline's
+    /// own.
+    fn store_request(&self, root: Uuid, page: &EventPage) -> RawAppend {
+        let (prefix, domain, root) = (&self.prefix, "raw", root.hyphenated().to_string());
+        let tag = format!("{{{prefix}:{domain}:{root}}}");
+        let sequence = page.sequence;
+        let id = &page.correlation_id;
+        let mut keys = vec![format!("{tag}:e"), format!("{tag}:q"), format!("{tag}:c")];
+        let mut args = vec![
+            sequence.to_string().into_bytes(),
+            b"1".to_vec(),
+            sequence.to_string().into_bytes(),
+            event_member(page, token()),
+            Vec::new(),
+            b"1".to_vec(),
+            correlation_member(id, sequence, sequence + 1),
+        ];
+        let correlation_set = format!("{{{prefix}:{id}}}:corr");
+        let aggregate_member = format!("{domain} {root}");
+        let before = if self.target.cluster {
+            Some(
+                redis::cmd("SADD")
+                    .arg(&correlation_set)
+                    .arg(&aggregate_member)
+                    .clone(),
+            )
+        } else {
+            keys.extend([
+                format!("{{{prefix}}}:domains"),
+                format!("{{{prefix}:{domain}}}:roots"),
+                correlation_set,
+            ]);
+            args.extend([
+                domain.as_bytes().to_vec(),
+                root.into_bytes(),
+                aggregate_member.into_bytes(),
+            ]);
+            None
+        };
+        RawAppend { before, keys, args }
+    }
+
+    /// The baselines: the pipeline's events appended by the raw client, by `clients`
+    /// concurrent tasks, each to an aggregate of its own, one event at a time. `minimal`: one
+    /// `EVALSHA` of the minimal compare-and-append script to the store's events key spelling
+    /// (so that the keys spread over a cluster's slots alike); otherwise exactly the store's
+    /// requests.
+    async fn raw_appends(&self, clients: u64, commands: u64, minimal: bool) -> f64 {
+        let work: Vec<Vec<RawAppend>> = self
+            .work(clients, commands)
+            .into_iter()
+            .map(|(aggregate, pages)| {
+                let root = aggregate.root();
+                pages
+                    .iter()
+                    .map(|page| {
+                        let mut request = self.store_request(root, page);
+                        if minimal {
+                            // The expected sequence, then score and member as the store
+                            // sends them.
+                            let member = std::mem::take(&mut request.args[3]);
+                            let score = std::mem::take(&mut request.args[2]);
+                            let expected = std::mem::take(&mut request.args[0]);
+                            request.before = None;
+                            request.keys.truncate(1);
+                            request.args = vec![expected, score, member];
+                        }
+                        request
+                    })
+                    .collect()
+            })
+            .collect();
+        let appended: u64 = work.iter().map(|requests| requests.len() as u64).sum();
+        let script = if minimal {
+            &self.minimal
+        } else {
+            &self.store_script
+        };
+        let started = Instant::now();
+        let tasks: Vec<_> = work
+            .into_iter()
+            .map(|requests| {
+                let mut raw = self.raw.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    for request in requests {
+                        if let Some(before) = &request.before {
+                            let _: i64 = raw.query(before).await.expect("the raw SADD");
+                        }
+                        let appended = raw.append(&script, &request.keys, &request.args).await;
                         assert!(appended, "the raw append met its expected sequence");
                     }
                 })
@@ -560,31 +721,7 @@ impl Bench {
         for task in tasks {
             task.await.expect("raw task");
         }
-        (per_client * clients) as f64 / started.elapsed().as_secs_f64()
-    }
-
-    async fn store_appends(&self, clients: u64, commands: u64) -> f64 {
-        let per_client = commands / clients;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let aggregate = account(Uuid::new_v4());
-                    for sequence in 0..per_client {
-                        let page = deposited_page(sequence, &Uuid::new_v4().to_string());
-                        store
-                            .append(&aggregate, Append::new(sequence, vec![page]))
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("raw task");
-        }
-        (per_client * clients) as f64 / started.elapsed().as_secs_f64()
+        appended as f64 / started.elapsed().as_secs_f64()
     }
 
     /// One account with `events` deposits, appended by the store in large batches (one
@@ -744,12 +881,6 @@ impl Bench {
             }
         }
     }
-}
-
-/// A random append token, as the store makes one per append.
-fn rand_token() -> u64 {
-    let (high, low) = Uuid::new_v4().as_u64_pair();
-    high ^ low
 }
 
 /// Load (snapshot and later events), decode every event, fold it into the state. The loaded
