@@ -6,15 +6,17 @@
 //! against a raw rusqlite baseline on the same file system, and the ratio is what matters.
 //! Each is the median of several runs.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use angzarr_core::Gateway;
-use angzarr_example_bank::proto::{BankEvent, Deposited, bank_event::Kind};
-use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, replay};
+use angzarr_example_bank::{DOMAIN, command, deposit, logic, open};
 use angzarr_ports::{AggregateId, Append, Domain, EventPage, EventStore, SnapshotStore};
 use angzarr_proto::v1::Snapshot;
 use angzarr_store_sqlite::{SqliteConfig, SqliteStore};
+use common::{account, deposited_page, fold_all, rebuild};
 use prost::Message;
 use prost_types::Any;
 use rusqlite::Connection;
@@ -27,13 +29,7 @@ const CONCURRENT_COMMANDS: u64 = 8_000;
 const REBUILD_EVENTS: u64 = 100_000;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this once as a smoke test.
-    let quick = !std::env::args().any(|arg| arg == "--bench");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run(quick));
+    common::main(run);
 }
 
 struct Row {
@@ -90,7 +86,7 @@ async fn run(quick: bool) {
         met: full / raw_read <= 1.3 && full < 0.050,
     });
     let last = scale(REBUILD_EVENTS) - 1;
-    let state = fold_all(&gateway, &aggregate).await;
+    let (state, _) = fold_all(&gateway, &aggregate).await;
     let snapshot = Snapshot {
         sequence: last,
         state: Some(Any::from_msg(&state).expect("encode")),
@@ -142,25 +138,6 @@ async fn median_async<F: Future<Output = f64>>(runs: usize, mut measure: impl Fn
     values[values.len() / 2]
 }
 
-fn account(root: Uuid) -> AggregateId {
-    AggregateId::new(Domain::new(DOMAIN).expect("valid"), root).expect("non-nil")
-}
-
-fn deposited_page(sequence: u64) -> EventPage {
-    let event = BankEvent {
-        kind: Some(Kind::Deposited(Deposited { amount: 1 })),
-    };
-    EventPage {
-        sequence,
-        created_at: Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
-            nanos: 0,
-        }),
-        payload: Some(Any::from_msg(&event).expect("encode")),
-        correlation_id: Uuid::new_v4().to_string(),
-    }
-}
-
 fn fresh_store(dir: &std::path::Path) -> SqliteStore {
     let path = dir.join(format!("{}.sqlite3", Uuid::new_v4().simple()));
     SqliteStore::open(SqliteConfig::new(path)).expect("open the store")
@@ -182,7 +159,7 @@ fn raw_inserts(dir: &std::path::Path, count: u64) -> f64 {
     let root = Uuid::new_v4().to_string();
     let pages: Vec<(String, Vec<u8>)> = (0..count)
         .map(|sequence| {
-            let page = deposited_page(sequence);
+            let page = deposited_page(sequence, &Uuid::new_v4().to_string());
             (page.correlation_id.clone(), page.encode_to_vec())
         })
         .collect();
@@ -257,7 +234,7 @@ async fn history(dir: &std::path::Path, events: u64) -> (Arc<SqliteStore>, Gatew
     let mut next = 0;
     while next < events {
         let batch: Vec<EventPage> = (next..(next + 10_000).min(events))
-            .map(deposited_page)
+            .map(|sequence| deposited_page(sequence, &Uuid::new_v4().to_string()))
             .collect();
         let append = Append {
             expected_sequence: next,
@@ -289,22 +266,4 @@ fn raw_select(path: &std::path::Path, aggregate: &AggregateId) -> f64 {
     let elapsed = started.elapsed().as_secs_f64();
     std::hint::black_box(pages);
     elapsed
-}
-
-/// Load (snapshot and later events), decode every event, fold it into the state.
-async fn fold_all(gateway: &Gateway, aggregate: &AggregateId) -> Account {
-    let loaded = gateway.load(aggregate).await.expect("load");
-    let snapshot = loaded.snapshot.and_then(|snapshot| snapshot.state);
-    replay(snapshot.as_ref(), &loaded.pages).expect("decode the history")
-}
-
-async fn rebuild(gateway: &Gateway, aggregate: &AggregateId) -> f64 {
-    let started = Instant::now();
-    let state = fold_all(gateway, aggregate).await;
-    let elapsed = started.elapsed();
-    assert!(state.balance > 0, "the fold saw the deposits");
-    std::hint::black_box(state);
-    elapsed
-        .as_secs_f64()
-        .max(Duration::from_nanos(1).as_secs_f64())
 }

@@ -17,25 +17,25 @@
 //! round trip on this store), for the three kinds of command: plain, with `retry_on_conflict`,
 //! and with a request id.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use angzarr_core::Gateway;
-use angzarr_example_bank::proto::{BankEvent, Deposited, bank_event::Kind};
-use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, replay};
+use angzarr_example_bank::{DOMAIN, command, logic, open};
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
     RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities,
     async_trait,
 };
-use angzarr_proto::v1::CommandBook;
 use angzarr_store_postgres::{PostgresConfig, PostgresStore};
+use common::{Commands, account, deposited_page, load, median, rebuild};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::TryStreamExt;
 use prost::Message;
-use prost_types::Any;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
@@ -51,13 +51,7 @@ const REBUILD_EVENTS: u64 = 100_000;
 const COUNTED_COMMANDS: u64 = 1_000;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this once as a smoke test.
-    let quick = !std::env::args().any(|arg| arg == "--bench");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run(quick));
+    common::main(run);
 }
 
 struct Row {
@@ -68,30 +62,6 @@ struct Row {
     ratio: f64,
     goal: &'static str,
     met: Option<bool>,
-}
-
-/// What the benchmark's commands carry.
-#[derive(Debug, Clone, Copy)]
-enum Commands {
-    /// A deposit and nothing else: no request id, `retry_on_conflict` false.
-    Plain,
-    /// `retry_on_conflict` set.
-    RetryOnConflict,
-    /// A request id of its own.
-    RequestId,
-}
-
-impl Commands {
-    /// The `n`th deposit of one client into `root`.
-    fn command(self, root: Uuid, n: u64) -> CommandBook {
-        let mut book = command(root, &deposit(1));
-        match self {
-            Self::Plain => {}
-            Self::RetryOnConflict => book.retry_on_conflict = true,
-            Self::RequestId => book.request_id = format!("deposit-{n}"),
-        }
-        book
-    }
 }
 
 async fn run(quick: bool) {
@@ -260,31 +230,6 @@ where
     (median(a), median(b))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn account(root: Uuid) -> AggregateId {
-    AggregateId::new(Domain::new(DOMAIN).expect("valid"), root).expect("non-nil")
-}
-
-/// An event page as the pipeline writes it: a deposit, a timestamp, a correlation id.
-fn deposited_page(sequence: u64) -> EventPage {
-    let event = BankEvent {
-        kind: Some(Kind::Deposited(Deposited { amount: 1 })),
-    };
-    EventPage {
-        sequence,
-        created_at: Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
-            nanos: 0,
-        }),
-        payload: Some(Any::from_msg(&event).expect("encode")),
-        correlation_id: Uuid::new_v4().to_string(),
-    }
-}
-
 /// The store and the baseline's pool, over one fresh schema of the test server.
 struct Bench {
     url: String,
@@ -398,7 +343,7 @@ impl Bench {
             .map(|_| {
                 let rows = (0..per_client)
                     .map(|sequence| {
-                        let page = deposited_page(sequence);
+                        let page = deposited_page(sequence, &Uuid::new_v4().to_string());
                         (page.correlation_id.clone(), page.encode_to_vec())
                     })
                     .collect();
@@ -442,7 +387,7 @@ impl Bench {
         let mut next = 0;
         while next < events {
             let batch: Vec<EventPage> = (next..(next + 10_000).min(events))
-                .map(deposited_page)
+                .map(|sequence| deposited_page(sequence, &Uuid::new_v4().to_string()))
                 .collect();
             next = self
                 .store
@@ -543,32 +488,6 @@ impl Bench {
         drop(client);
         let _ = connection.await;
     }
-}
-
-/// Load (snapshot and later events), decode every event, fold it into the state.
-async fn fold_all(gateway: &Gateway, aggregate: &AggregateId) -> Account {
-    let loaded = gateway.load(aggregate).await.expect("load");
-    let snapshot = loaded.snapshot.and_then(|snapshot| snapshot.state);
-    replay(snapshot.as_ref(), &loaded.pages).expect("decode the history")
-}
-
-/// Load alone: read and decode the pages, no fold.
-async fn load(gateway: &Gateway, aggregate: &AggregateId) -> f64 {
-    let started = Instant::now();
-    let loaded = gateway.load(aggregate).await.expect("load");
-    let elapsed = started.elapsed().as_secs_f64();
-    assert!(!loaded.pages.is_empty(), "the history was read");
-    std::hint::black_box(loaded);
-    elapsed
-}
-
-async fn rebuild(gateway: &Gateway, aggregate: &AggregateId) -> f64 {
-    let started = Instant::now();
-    let state = fold_all(gateway, aggregate).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    assert!(state.balance > 0, "the fold saw the deposits");
-    std::hint::black_box(state);
-    elapsed
 }
 
 /// A row of the baseline's inserts: the correlation id and the encoded page.

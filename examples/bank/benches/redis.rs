@@ -33,20 +33,20 @@
 //! request the store sends (not the commands its scripts run) is one line. Every key of a run
 //! carries the run's prefix, which the count filters on, and the keys are removed at the end.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use angzarr_core::{Gateway, LoadedAggregate};
-use angzarr_example_bank::proto::{BankEvent, Deposited, bank_event::Kind};
-use angzarr_example_bank::{Account, DOMAIN, command, deposit, logic, open, replay};
+use angzarr_core::Gateway;
+use angzarr_example_bank::{DOMAIN, command, logic, open, replay};
 use angzarr_ports::{AggregateId, Append, Domain, EventPage, EventStore};
-use angzarr_proto::v1::CommandBook;
 use angzarr_store_redis::{RedisConfig, RedisStore};
+use common::{Commands, account, deposited_page, load, median, rebuild};
 use futures_util::StreamExt;
 use prost::Message;
-use prost_types::Any;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -86,13 +86,7 @@ fn store_append_script() -> &'static str {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this once as a smoke test.
-    let quick = !std::env::args().any(|arg| arg == "--bench");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run(quick));
+    common::main(run);
 }
 
 struct Row {
@@ -103,30 +97,6 @@ struct Row {
     ratio: f64,
     goal: &'static str,
     met: Option<bool>,
-}
-
-/// What the benchmark's commands carry.
-#[derive(Debug, Clone, Copy)]
-enum Commands {
-    /// A deposit and nothing else: no request id, `retry_on_conflict` false.
-    Plain,
-    /// `retry_on_conflict` set.
-    RetryOnConflict,
-    /// A request id of its own.
-    RequestId,
-}
-
-impl Commands {
-    /// The `n`th deposit of one client into `root`.
-    fn command(self, root: Uuid, n: u64) -> CommandBook {
-        let mut book = command(root, &deposit(1));
-        match self {
-            Self::Plain => {}
-            Self::RetryOnConflict => book.retry_on_conflict = true,
-            Self::RequestId => book.request_id = format!("deposit-{n}"),
-        }
-        book
-    }
 }
 
 /// Where a run goes: its name, and how to configure the store for it.
@@ -232,31 +202,6 @@ async fn rotate(runs: usize, mut variants: Vec<Variant<'_>>) -> Vec<f64> {
         }
     }
     results.into_iter().map(median).collect()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn account(root: Uuid) -> AggregateId {
-    AggregateId::new(Domain::new(DOMAIN).expect("valid"), root).expect("non-nil")
-}
-
-/// An event page as the pipeline writes it: a deposit, a timestamp, a correlation id.
-fn deposited_page(sequence: u64, correlation_id: &str) -> EventPage {
-    let event = BankEvent {
-        kind: Some(Kind::Deposited(Deposited { amount: 1 })),
-    };
-    EventPage {
-        sequence,
-        created_at: Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
-            nanos: 0,
-        }),
-        payload: Some(Any::from_msg(&event).expect("encode")),
-        correlation_id: correlation_id.to_owned(),
-    }
 }
 
 /// A random append token, as the store makes one per append.
@@ -881,35 +826,4 @@ impl Bench {
             }
         }
     }
-}
-
-/// Load (snapshot and later events), decode every event, fold it into the state. The loaded
-/// pages are answered too, so that they are freed after the clock stops, as the baseline's are.
-async fn fold_all(gateway: &Gateway, aggregate: &AggregateId) -> (Account, LoadedAggregate) {
-    let loaded = gateway.load(aggregate).await.expect("load");
-    let snapshot = loaded
-        .snapshot
-        .as_ref()
-        .and_then(|snapshot| snapshot.state.as_ref());
-    let state = replay(snapshot, &loaded.pages).expect("decode the history");
-    (state, loaded)
-}
-
-/// Load alone: read and decode the pages, no fold.
-async fn load(gateway: &Gateway, aggregate: &AggregateId) -> f64 {
-    let started = Instant::now();
-    let loaded = gateway.load(aggregate).await.expect("load");
-    let elapsed = started.elapsed().as_secs_f64();
-    assert!(!loaded.pages.is_empty(), "the history was read");
-    std::hint::black_box(loaded);
-    elapsed
-}
-
-async fn rebuild(gateway: &Gateway, aggregate: &AggregateId) -> f64 {
-    let started = Instant::now();
-    let (state, loaded) = fold_all(gateway, aggregate).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    assert!(state.balance > 0, "the fold saw the deposits");
-    std::hint::black_box((state, loaded));
-    elapsed
 }
