@@ -157,11 +157,11 @@ pub(crate) const SERVICES: &[Service] = &[
             )]
         },
         ready_timeout: Duration::from_secs(30),
-        setup: Setup::NONE,
+        setup: REDIS_LOADED,
     },
     // The three masters of `redis-cluster` (see `GROUPS`); the last one joins them.
-    redis_cluster_node("redis-cluster-1", REDIS_CLUSTER_PORTS[0], Setup::NONE),
-    redis_cluster_node("redis-cluster-2", REDIS_CLUSTER_PORTS[1], Setup::NONE),
+    redis_cluster_node("redis-cluster-1", REDIS_CLUSTER_PORTS[0], REDIS_LOADED),
+    redis_cluster_node("redis-cluster-2", REDIS_CLUSTER_PORTS[1], REDIS_LOADED),
     redis_cluster_node(
         "redis-cluster-3",
         REDIS_CLUSTER_PORTS[2],
@@ -297,10 +297,32 @@ const fn redis_cluster_node(name: &'static str, port: u16, setup: Setup) -> Serv
     }
 }
 
+/// A Redis accepts connections while it is still loading its append-only file, and answers
+/// `LOADING` to every command until it is done: ready once it answers `PING`.
+const REDIS_LOADED: Setup = Setup {
+    ready: Some(redis_loaded),
+    ..Setup::NONE
+};
+
+fn redis_loaded(step: &Step<'_>) -> Result<()> {
+    let port = step.layout.port.to_string();
+    let output = step
+        .command("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port, "ping"])
+        .output()
+        .context("could not run redis-cli")?;
+    let reply = String::from_utf8_lossy(&output.stdout);
+    if reply.trim() != "PONG" {
+        bail!("redis answers {:?} (still loading its data?)", reply.trim());
+    }
+    Ok(())
+}
+
 /// Ready once every master reports `cluster_state:ok`. Fresh masters (no slot assigned
 /// anywhere) are first joined into a cluster by `redis-cli --cluster create`; masters that
 /// were a cluster before (their `nodes.conf` kept) find each other again by themselves.
 fn redis_cluster_ready(step: &Step<'_>) -> Result<()> {
+    redis_loaded(step)?;
     let info = |port: u16| -> Result<String> {
         let output = step
             .command("redis-cli")

@@ -460,13 +460,11 @@ impl Gateway {
             }
             return Attempt::Done(Err(error));
         }
-        let written = pages.clone();
-        let append = Append {
-            expected_sequence: next_sequence,
-            events: pages,
-            request: command.request.cloned(),
-        };
-        match self.append_resolving(aggregate, append).await {
+        let written = pages;
+        match self
+            .append_resolving(aggregate, next_sequence, &written, command.request)
+            .await
+        {
             Ok(_) => {}
             Err(EventStoreError::OutcomeUnknown(source)) => {
                 return Attempt::Done(Err(CommandError::OutcomeUnknown {
@@ -518,22 +516,31 @@ impl Gateway {
     async fn append_resolving(
         &self,
         aggregate: &AggregateId,
-        append: Append,
+        expected_sequence: u64,
+        events: &[EventPage],
+        request: Option<&RequestKey>,
     ) -> Result<u64, EventStoreError> {
-        let mut unknown = match self.inner.events.append(aggregate, append.clone()).await {
+        // The store takes its batch by value; the caller keeps `events` for its answer, so each
+        // send copies them once, and only a resend copies them again.
+        let append = || Append {
+            expected_sequence,
+            events: events.to_vec(),
+            request: request.cloned(),
+        };
+        let mut unknown = match self.inner.events.append(aggregate, append()).await {
             Err(EventStoreError::OutcomeUnknown(error)) => error,
             outcome => return outcome,
         };
-        let end = append.expected_sequence + append.events.len() as u64;
+        let end = expected_sequence + events.len() as u64;
         for round in 0..OUTCOME_RESOLUTION_ROUNDS {
             tracing::warn!(%aggregate, error = %unknown, round, "the outcome of an append is unknown, resolving it");
             tokio::time::sleep(resolution_delay(round)).await;
-            match self.inner.events.append(aggregate, append.clone()).await {
+            match self.inner.events.append(aggregate, append()).await {
                 Ok(next) => return Ok(next),
                 Err(EventStoreError::Conflict { expected, actual }) => {
-                    let range = (append.expected_sequence..end).into();
+                    let range = (expected_sequence..end).into();
                     match self.inner.events.read(aggregate, range).await {
-                        Ok(stored) if stored == append.events => return Ok(end),
+                        Ok(stored) if stored == events => return Ok(end),
                         Ok(_) => return Err(EventStoreError::Conflict { expected, actual }),
                         Err(error) => unknown = Box::new(error),
                     }

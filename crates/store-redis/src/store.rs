@@ -98,10 +98,12 @@ impl RedisStore {
 
     /// The pages stored under `members`.
     fn pages(members: &[Vec<u8>]) -> Result<Vec<EventPage>, Failure> {
-        members
-            .iter()
-            .map(|member| keys::parse_event_member(member))
-            .collect()
+        // Collecting into a `Result` loses the length: sized once, not regrown.
+        let mut pages = Vec::with_capacity(members.len());
+        for member in members {
+            pages.push(keys::parse_event_member(member)?);
+        }
+        Ok(pages)
     }
 
     /// The events of `aggregate` recorded in its `index` under `id`, and the index members.
