@@ -1,8 +1,9 @@
 //! `cargo xtask services up|down|status [NAME]...`: the servers some backends test against.
 //!
 //! Each service is a row of [`SERVICES`]: the executable it needs (installed with apt-get or
-//! pip when missing), the arguments that run it in the foreground on `127.0.0.1:<port>`, and
-//! the connection variables it exports. xtask detaches the server itself (own process group,
+//! pip when missing, or named in the error when it cannot be), the arguments that run it in
+//! the foreground on `127.0.0.1:<port>` (a fixed port, or a free one chosen at each start),
+//! and the connection variables it exports. xtask detaches the server itself (own process group,
 //! output to `target/services/<name>/<name>.log`, pid in `target/services/<name>/<name>.pid`),
 //! waits until its port accepts connections, and stops it with SIGTERM (SIGKILL after a
 //! timeout). A row's [`Setup`] adds what a server needs beyond that (PostgreSQL: `initdb`, a
@@ -13,7 +14,7 @@
 //! set -a; . target/services/env; set +a
 //! ```
 //!
-//! Adding a service (the Bigtable or Spanner emulator, moto for DynamoDB) is one more row; a
+//! Adding a service is one more row; a
 //! backend that needs it lists its name in `test::BACKENDS`, and from then on
 //! `cargo xtask test` starts it before the tests and stops it after. A service of several
 //! processes (the Redis Cluster's three masters) is a row per process and an entry in
@@ -41,13 +42,22 @@ pub(crate) enum Install {
         packages: &'static [&'static str],
         system_service: Option<&'static str>,
     },
-    /// Python packages, installed in a virtualenv at `target/services/venv` (whose `bin/`
-    /// is searched before `PATH`). For moto (DynamoDB); no row uses it yet.
-    #[allow(
-        dead_code,
-        reason = "the pattern for the pip-installed services to come"
-    )]
+    /// Python packages, installed in a virtualenv at `target/services/venv`, the only place
+    /// the executable is looked for (a copy installed by hand elsewhere does not count: the
+    /// pinned versions are the tested ones).
     Pip { packages: &'static [&'static str] },
+    /// Not installable from the machine's registries (Google's emulators come from the Google
+    /// Cloud CLI's own apt repository): a missing executable fails the run with `how`.
+    Manual { how: &'static str },
+}
+
+/// Which loopback port a service listens on.
+#[derive(Clone, Copy)]
+pub(crate) enum Port {
+    /// Always this one (the Redis Cluster's masters know each other's ports).
+    Fixed(u16),
+    /// A free port chosen at each start, recorded in `target/services/<name>/<name>.port`.
+    Free,
 }
 
 /// The files of one service, under `target/services/<name>/`.
@@ -72,8 +82,8 @@ pub(crate) struct Service {
     pub(crate) binary: &'static str,
     /// How to install `binary` when it is missing.
     pub(crate) install: Install,
-    /// The fixed loopback port.
-    pub(crate) port: u16,
+    /// The loopback port.
+    pub(crate) port: Port,
     /// The arguments of `binary` that run the server in the foreground, bound to 127.0.0.1.
     pub(crate) args: fn(&Layout) -> Vec<OsString>,
     /// The connection variables tests read.
@@ -148,7 +158,7 @@ pub(crate) const SERVICES: &[Service] = &[
             system_service: Some("redis-server"),
         },
         // Not 6379, where a system Redis may run.
-        port: 16379,
+        port: Port::Fixed(16379),
         args: |layout| redis_args(layout, &[]),
         env: |layout| {
             vec![(
@@ -178,7 +188,7 @@ pub(crate) const SERVICES: &[Service] = &[
             system_service: Some("postgresql"),
         },
         // Not 5432, where a system cluster may run.
-        port: 55432,
+        port: Port::Fixed(55432),
         args: |layout| {
             let mut args: Vec<OsString> = vec!["-D".into(), layout.data.clone().into()];
             args.extend(["-k".into(), layout.dir.clone().into()]);
@@ -215,7 +225,106 @@ pub(crate) const SERVICES: &[Service] = &[
             stop_signal: "INT",
         },
     },
+    Service {
+        name: "dynamodb",
+        binary: "moto_server",
+        // moto in server mode: an open-source DynamoDB API (AWS's DynamoDB Local is not open
+        // source). Pinned: the suite's expectations of the emulator are these versions'.
+        install: Install::Pip {
+            packages: &["moto[dynamodb]==5.2.1", "flask==3.1.3", "flask-cors==6.0.2"],
+        },
+        port: Port::Free,
+        args: |layout| {
+            ["-H", "127.0.0.1", "-p", &layout.port.to_string()]
+                .map(OsString::from)
+                .to_vec()
+        },
+        env: |layout| {
+            vec![(
+                "ANGZARR_TEST_DYNAMODB_ENDPOINT",
+                format!("http://127.0.0.1:{}", layout.port),
+            )]
+        },
+        ready_timeout: Duration::from_secs(60),
+        setup: Setup::NONE,
+    },
+    Service {
+        name: "bigtable",
+        binary: "cbtemulator",
+        install: Install::Manual {
+            how: "install the Debian package google-cloud-cli-bigtable-emulator (from the \
+                  Google Cloud CLI's apt repository), or `gcloud components install \
+                  bigtable`, and put cbtemulator on PATH",
+        },
+        port: Port::Free,
+        args: |layout| {
+            ["-host", "127.0.0.1", "-port", &layout.port.to_string()]
+                .map(OsString::from)
+                .to_vec()
+        },
+        env: |layout| {
+            vec![(
+                "ANGZARR_TEST_BIGTABLE_EMULATOR_HOST",
+                format!("127.0.0.1:{}", layout.port),
+            )]
+        },
+        ready_timeout: Duration::from_secs(30),
+        setup: Setup {
+            bin_dirs: || {
+                google_cloud_sdk_dirs()
+                    .map(|sdk| sdk.join("platform/bigtable-emulator"))
+                    .collect()
+            },
+            ..Setup::NONE
+        },
+    },
+    Service {
+        name: "spanner",
+        // The emulator itself: `gateway_main` (what `gcloud emulators spanner start` runs)
+        // leaves this child running when it is stopped.
+        binary: "emulator_main",
+        install: Install::Manual {
+            how: "install the Debian package google-cloud-cli-spanner-emulator (from the \
+                  Google Cloud CLI's apt repository), or `gcloud components install \
+                  cloud-spanner-emulator`, and put emulator_main on PATH",
+        },
+        port: Port::Free,
+        args: |layout| {
+            vec![
+                "--host_port".into(),
+                format!("127.0.0.1:{}", layout.port).into(),
+            ]
+        },
+        env: |layout| {
+            vec![(
+                "ANGZARR_TEST_SPANNER_EMULATOR_HOST",
+                format!("127.0.0.1:{}", layout.port),
+            )]
+        },
+        ready_timeout: Duration::from_secs(30),
+        setup: Setup {
+            bin_dirs: || {
+                google_cloud_sdk_dirs()
+                    .map(|sdk| sdk.join("bin/cloud_spanner_emulator"))
+                    .collect()
+            },
+            ..Setup::NONE
+        },
+    },
 ];
+
+/// Where the Google Cloud CLI's components live: the Debian packages' directory, and the
+/// SDK of a `gcloud` on PATH (`<sdk>/bin/gcloud`).
+fn google_cloud_sdk_dirs() -> impl Iterator<Item = PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let from_path: Vec<PathBuf> = std::env::split_paths(&path)
+        .map(|dir| dir.join("gcloud"))
+        .filter(|gcloud| gcloud.is_file())
+        .filter_map(|gcloud| fs::canonicalize(gcloud).ok())
+        .filter_map(|gcloud| Some(gcloud.parent()?.parent()?.to_path_buf()))
+        .collect();
+    std::iter::once(PathBuf::from("/usr/lib/google-cloud-sdk")).chain(from_path)
+}
 
 /// Services that run as several processes, each a row of [`SERVICES`]: the group's name, on
 /// the command line and in `test::BACKENDS`, stands for all its rows, started in table order
@@ -268,7 +377,7 @@ const fn redis_cluster_node(name: &'static str, port: u16, setup: Setup) -> Serv
             packages: &["redis-server"],
             system_service: Some("redis-server"),
         },
-        port,
+        port: Port::Fixed(port),
         args: |layout| {
             redis_args(
                 layout,
@@ -456,20 +565,42 @@ fn postgres_ready(step: &Step<'_>) -> Result<()> {
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Service {
+    /// The service's files and port: for a [`Port::Free`] service, the port of its last
+    /// start (0 if it never started).
     fn layout(&self) -> Layout {
         let dir = services_dir().join(self.name);
+        let port = match self.port {
+            Port::Fixed(port) => port,
+            Port::Free => fs::read_to_string(self.portfile())
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(0),
+        };
         Layout {
             data: dir.join("data"),
             log: dir.join(format!("{}.log", self.name)),
             pidfile: dir.join(format!("{}.pid", self.name)),
-            port: self.port,
+            port,
             dir,
         }
     }
 
-    fn address(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+    fn portfile(&self) -> PathBuf {
+        services_dir()
+            .join(self.name)
+            .join(format!("{}.port", self.name))
     }
+
+    fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.layout().port))
+    }
+}
+
+/// A loopback port nothing listens on now: the kernel's pick for a socket bound to port 0.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .context("could not find a free loopback port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// What `up` did: the variables of the requested services, and which ones it started
@@ -577,7 +708,6 @@ fn services_dir() -> PathBuf {
 pub(crate) fn up(services: &[&'static Service]) -> Result<Provisioned> {
     let mut provisioned = Provisioned::default();
     for &service in services {
-        let layout = service.layout();
         let outcome = match running_pid(service)? {
             Some(pid) => {
                 eprintln!(
@@ -587,7 +717,7 @@ pub(crate) fn up(services: &[&'static Service]) -> Result<Provisioned> {
                 );
                 Ok(())
             }
-            None => start(service, &layout).map(|()| provisioned.started.push(service)),
+            None => start(service).map(|()| provisioned.started.push(service)),
         };
         if let Err(error) = outcome {
             if let Err(stop_error) = stop_started(&provisioned) {
@@ -595,7 +725,7 @@ pub(crate) fn up(services: &[&'static Service]) -> Result<Provisioned> {
             }
             return Err(error);
         }
-        provisioned.env.extend((service.env)(&layout));
+        provisioned.env.extend((service.env)(&service.layout()));
     }
     write_env_file()?;
     Ok(provisioned)
@@ -606,8 +736,18 @@ pub(crate) fn stop_started(provisioned: &Provisioned) -> Result<()> {
     down(&provisioned.started)
 }
 
-fn start(service: &Service, layout: &Layout) -> Result<()> {
+fn start(service: &Service) -> Result<()> {
     let binary = ensure_installed(service)?;
+    if let Port::Free = service.port {
+        let portfile = service.portfile();
+        fs::create_dir_all(services_dir().join(service.name))
+            .with_context(|| format!("could not create the directory of {}", service.name))?;
+        fs::write(&portfile, free_port()?.to_string())
+            .with_context(|| format!("could not write {}", portfile.display()))?;
+    }
+    let layout = &service.layout();
+    // An emulator that binds with SO_REUSEPORT (Spanner's) would start beside another one on
+    // the same port and split the requests with it: the port must be free.
     if TcpStream::connect_timeout(&service.address(), Duration::from_millis(500)).is_ok() {
         bail!(
             "cannot start {}: {} is already in use by a process xtask did not start \
@@ -909,6 +1049,10 @@ fn venv_dir() -> PathBuf {
 }
 
 fn find_binary(service: &Service) -> Option<PathBuf> {
+    if let Install::Pip { .. } = service.install {
+        let candidate = venv_dir().join("bin").join(service.binary);
+        return candidate.is_file().then_some(candidate);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     (service.setup.bin_dirs)()
         .into_iter()
@@ -1012,6 +1156,11 @@ fn ensure_installed(service: &Service) -> Result<PathBuf> {
             )
             .with_context(|| format!("could not pip install {}", packages.join(" ")))?;
         }
+        Install::Manual { how } => bail!(
+            "{} is needed by {} and is not installed: {how}",
+            service.binary,
+            service.name
+        ),
     }
     find_binary(service).with_context(|| {
         format!(

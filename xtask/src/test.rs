@@ -64,6 +64,24 @@ pub(crate) const BACKENDS: &[Backend] = &[
         services: &["redis", "redis-cluster"],
         suites: &["single", "cluster"],
     },
+    Backend {
+        name: "dynamodb",
+        package: "angzarr-store-dynamodb",
+        services: &["dynamodb"],
+        suites: &["conformance"],
+    },
+    Backend {
+        name: "bigtable",
+        package: "angzarr-store-bigtable",
+        services: &["bigtable"],
+        suites: &["conformance"],
+    },
+    Backend {
+        name: "spanner",
+        package: "angzarr-store-spanner",
+        services: &["spanner"],
+        suites: &["conformance"],
+    },
 ];
 
 /// What the Python client of `crates/angzarr/tests/foreign_client.rs` needs, relative to the
