@@ -433,6 +433,7 @@ impl Gateway {
         let EventsEmitted {
             mut pages,
             snapshot_state,
+            state,
         } = match decided {
             Ok(emitted) if !emitted.pages.is_empty() => emitted,
             // Nothing will be appended, so no store checks that the history was current.
@@ -491,15 +492,22 @@ impl Gateway {
             }
             Err(error) => return Attempt::Done(Err(error.into())),
         }
-        let snapshot = self
-            .store_snapshot(aggregate, &written, snapshot_state)
+        // The state after these events, whether or not it is persisted: the next command is
+        // handed it in place of the history, so its cost does not grow with the history.
+        let folded = snapshot_state.clone().or(state);
+        self.store_snapshot(aggregate, &written, snapshot_state)
             .await;
         if let Some(mut kept) = kept {
             kept.next_sequence = next_sequence + written.len() as u64;
-            kept.pages.extend_from_slice(&written);
-            if let Some(snapshot) = snapshot {
-                kept.pages.retain(|page| page.sequence > snapshot.sequence);
-                kept.snapshot = Some(snapshot);
+            match (folded, written.last()) {
+                (Some(state), Some(last)) => {
+                    kept.pages.clear();
+                    kept.snapshot = Some(Snapshot {
+                        sequence: last.sequence,
+                        state: Some(state),
+                    });
+                }
+                _ => kept.pages.extend_from_slice(&written),
             }
             self.inner.cache.insert(aggregate, kept);
         }
@@ -606,17 +614,16 @@ impl Gateway {
         aggregate: &AggregateId,
         written: &[EventPage],
         state: Option<prost_types::Any>,
-    ) -> Option<Snapshot> {
-        let snapshot = Snapshot {
-            sequence: written.last()?.sequence,
-            state: Some(state?),
+    ) {
+        let (Some(last), Some(state)) = (written.last(), state) else {
+            return;
         };
-        match self.inner.snapshots.put(aggregate, snapshot.clone()).await {
-            Ok(()) => Some(snapshot),
-            Err(error) => {
-                tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
-                None
-            }
+        let snapshot = Snapshot {
+            sequence: last.sequence,
+            state: Some(state),
+        };
+        if let Err(error) = self.inner.snapshots.put(aggregate, snapshot).await {
+            tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
         }
     }
 

@@ -218,14 +218,18 @@ impl<A: Aggregate> NativeLogic<A> {
             }
         }
         let crossed = |every: u64| next_sequence / every > first_sequence / every;
-        let snapshot_state = match self.snapshot_every {
-            Some(every) if crossed(every) => Some(pack(&state)),
-            _ => None,
+        // The state goes back with every reply, so that the next command is handed it instead
+        // of the history; it is persisted only at the snapshot interval.
+        let packed = pack(&state);
+        let (snapshot_state, state) = match self.snapshot_every {
+            Some(every) if crossed(every) => (Some(packed), None),
+            _ => (None, Some(packed)),
         };
         Ok(BusinessReply {
             outcome: Some(Outcome::Events(EventsEmitted {
                 pages,
                 snapshot_state,
+                state,
             })),
         })
     }

@@ -43,6 +43,7 @@ impl ClientLogic for Accepting {
                     ..EventPage::default()
                 }],
                 snapshot_state: None,
+                state: None,
             })),
         })
     }

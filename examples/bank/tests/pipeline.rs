@@ -332,6 +332,51 @@ async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
     assert_eq!(fold(&gateway, root).await.balance, 90);
 }
 
+/// The bank's logic, recording what each call was handed: (events, sequence of the snapshot).
+#[derive(Default)]
+struct Recording {
+    handed: std::sync::Mutex<Vec<(usize, Option<u64>)>>,
+}
+
+#[async_trait]
+impl ClientLogic for Recording {
+    async fn handle(&self, command: ContextualCommand) -> Result<BusinessReply, ClientLogicError> {
+        let book = command.events.clone().unwrap_or_default();
+        let snapshot = book.snapshot.map(|snapshot| snapshot.sequence);
+        self.handed
+            .lock()
+            .unwrap()
+            .push((book.pages.len(), snapshot));
+        logic(0).handle(command).await
+    }
+}
+
+#[tokio::test]
+async fn a_warm_aggregate_is_handed_its_folded_state_not_its_history_and_nothing_is_persisted() {
+    let store = Arc::new(MemoryStore::new());
+    let recording = Arc::new(Recording::default());
+    let gateway = gateway_with(store.clone(), recording.clone(), GatewayConfig::default());
+    let root = Uuid::new_v4();
+    gateway.execute(command(root, &open("ada"))).await.unwrap();
+    for _ in 0..50 {
+        gateway.execute(command(root, &deposit(10))).await.unwrap();
+    }
+    let handed = recording.handed.lock().unwrap().clone();
+    assert_eq!(handed[0], (0, None), "a new account has no history");
+    for (command, handed) in handed.iter().enumerate().skip(1) {
+        // The state after the previous command's event, and no event.
+        assert_eq!(*handed, (0, Some(command as u64 - 1)), "command {command}");
+    }
+    // Snapshots are off: the state lives in memory only.
+    let stored = SnapshotStore::get(store.as_ref(), &account(root)).await;
+    assert_eq!(stored.unwrap(), None);
+    assert_eq!(fold(&gateway, root).await.balance, 500);
+    // Another process, with nothing in memory, folds the same state from the events.
+    let cold = gateway_with(store.clone(), Arc::new(logic(0)), GatewayConfig::default());
+    cold.execute(command(root, &withdraw(1))).await.unwrap();
+    assert_eq!(fold(&cold, root).await.balance, 499);
+}
+
 /// A snapshot store that is down: commands still work, from the events alone.
 struct DownSnapshots;
 
@@ -382,6 +427,7 @@ fn emitted(pages: Vec<EventPage>) -> Result<BusinessReply, ClientLogicError> {
         outcome: Some(Outcome::Events(EventsEmitted {
             pages,
             snapshot_state: None,
+            state: None,
         })),
     })
 }
