@@ -84,6 +84,21 @@ const SERVICE_BENCHES: &[ServiceBench] = &[
             ("ANGZARR_TEST_REDIS_CLUSTER_URLS", "redis-cluster"),
         ],
     },
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "dynamodb",
+        servers: &[("ANGZARR_TEST_DYNAMODB_ENDPOINT", "dynamodb")],
+    },
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "bigtable",
+        servers: &[("ANGZARR_TEST_BIGTABLE_EMULATOR_HOST", "bigtable")],
+    },
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "spanner",
+        servers: &[("ANGZARR_TEST_SPANNER_EMULATOR_HOST", "spanner")],
+    },
 ];
 
 /// The services to start for the benchmarks these `cargo bench` arguments run, in table
