@@ -16,6 +16,8 @@ pub(crate) fn run() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        crate::OPTIONAL_STORES,
         "--locked",
         "--",
         "-D",

@@ -45,7 +45,11 @@ pub(crate) enum Install {
     /// Python packages, installed in a virtualenv at `target/services/venv`, the only place
     /// the executable is looked for (a copy installed by hand elsewhere does not count: the
     /// pinned versions are the tested ones).
-    Pip { packages: &'static [&'static str] },
+    Pip {
+        packages: &'static [&'static str],
+        /// A module the packages provide: the executable counts as installed once it imports.
+        import: &'static str,
+    },
     /// Not installable from the machine's registries (Google's emulators come from the Google
     /// Cloud CLI's own apt repository): a missing executable fails the run with `how`.
     Manual { how: &'static str },
@@ -227,17 +231,26 @@ pub(crate) const SERVICES: &[Service] = &[
     },
     Service {
         name: "dynamodb",
-        binary: "moto_server",
         // moto in server mode: an open-source DynamoDB API (AWS's DynamoDB Local is not open
-        // source). Pinned: the suite's expectations of the emulator are these versions'.
+        // source), through `xtask/services/moto_serialized.py`, which serves one request at a
+        // time as `moto_server` does not (its transactions are not atomic across threads).
+        // Pinned: the suite's expectations of the emulator are these versions'.
+        binary: "python3",
         install: Install::Pip {
             packages: &["moto[dynamodb]==5.2.1", "flask==3.1.3", "flask-cors==6.0.2"],
+            import: "moto.moto_server.werkzeug_app",
         },
         port: Port::Free,
         args: |layout| {
-            ["-H", "127.0.0.1", "-p", &layout.port.to_string()]
-                .map(OsString::from)
-                .to_vec()
+            let script = project_root().join("xtask/services/moto_serialized.py");
+            let port = layout.port.to_string();
+            vec![
+                script.into(),
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.into(),
+            ]
         },
         env: |layout| {
             vec![(
@@ -1049,9 +1062,17 @@ fn venv_dir() -> PathBuf {
 }
 
 fn find_binary(service: &Service) -> Option<PathBuf> {
-    if let Install::Pip { .. } = service.install {
+    if let Install::Pip { import, .. } = service.install {
         let candidate = venv_dir().join("bin").join(service.binary);
-        return candidate.is_file().then_some(candidate);
+        let imports = || {
+            Command::new(&candidate)
+                .args(["-c", &format!("import {import}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        return (candidate.is_file() && imports()).then_some(candidate);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     (service.setup.bin_dirs)()
@@ -1142,7 +1163,7 @@ fn ensure_installed(service: &Service) -> Result<PathBuf> {
                 }
             }
         }
-        Install::Pip { packages } => {
+        Install::Pip { packages, .. } => {
             let venv = venv_dir();
             if !venv.join("bin").join("python").is_file() {
                 run_status(Command::new("python3").arg("-m").arg("venv").arg(&venv))

@@ -199,7 +199,11 @@ fn run_tests(options: &Options, env: &[(&'static str, String)]) -> Result<()> {
             .flat_map(|b| ["--package".to_owned(), b.package.to_owned()])
             .collect()
     } else {
-        vec!["--workspace".to_owned()]
+        vec![
+            "--workspace".to_owned(),
+            "--features".to_owned(),
+            crate::OPTIONAL_STORES.to_owned(),
+        ]
     };
     let cargo_test = || {
         let mut command = cargo();

@@ -37,6 +37,9 @@ pub(crate) enum StoreKind {
     Memory,
     Postgres,
     Redis,
+    Dynamodb,
+    Bigtable,
+    Spanner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,8 +70,27 @@ pub(crate) struct Store {
     /// PostgreSQL and Redis: how long one request may take before it fails (an append then has
     /// an unknown outcome, which the core resolves).
     pub(crate) operation_timeout_ms: u64,
-    /// PostgreSQL: the schema of the store's tables. Redis: the prefix of its keys.
+    /// PostgreSQL: the schema of the store's tables. Redis, DynamoDB, Bigtable and Spanner:
+    /// the prefix of every key, so that several deployments can share one database.
     pub(crate) namespace: String,
+    /// DynamoDB: the endpoint URL (empty: AWS's, for the region). Bigtable and Spanner: an
+    /// emulator's `host:port` (empty: Google's service). The vendors' own variables
+    /// (`AWS_ENDPOINT_URL`, `BIGTABLE_EMULATOR_HOST`, `SPANNER_EMULATOR_HOST`) apply when it
+    /// is empty.
+    pub(crate) endpoint: String,
+    /// DynamoDB: the AWS region (empty: from the standard chain, `AWS_REGION` or the profile).
+    pub(crate) region: String,
+    /// Bigtable and Spanner: the Google Cloud project.
+    pub(crate) project: String,
+    /// Bigtable and Spanner: the instance.
+    pub(crate) instance: String,
+    /// Spanner: the database.
+    pub(crate) database: String,
+    /// DynamoDB and Bigtable: the table (DynamoDB: the prefix of the store's tables).
+    pub(crate) table: String,
+    /// DynamoDB, Bigtable and Spanner: create what is missing at start (tables; the Spanner
+    /// instance and database), instead of failing.
+    pub(crate) create_if_missing: bool,
 }
 
 impl Store {
@@ -145,6 +167,13 @@ impl Default for Store {
             connect_timeout_ms: 5_000,
             operation_timeout_ms: 5_000,
             namespace: "angzarr".into(),
+            endpoint: String::new(),
+            region: String::new(),
+            project: String::new(),
+            instance: String::new(),
+            database: String::new(),
+            table: "angzarr".into(),
+            create_if_missing: false,
         }
     }
 }
@@ -269,8 +298,9 @@ impl Config {
         if self.server.request_timeout_ms == 0 {
             bail!("server.request_timeout_ms must be positive");
         }
-        let networked = matches!(self.store.kind, StoreKind::Postgres | StoreKind::Redis);
-        if networked && self.store.url.is_empty() {
+        let networked = !matches!(self.store.kind, StoreKind::Sqlite | StoreKind::Memory);
+        let by_url = matches!(self.store.kind, StoreKind::Postgres | StoreKind::Redis);
+        if by_url && self.store.url.is_empty() {
             bail!(
                 "store.url is required for the {:?} store (ANGZARR_STORE_URL, or url in [store])",
                 self.store.kind
@@ -290,6 +320,17 @@ impl Config {
                 self.store.operation_timeout_ms,
                 self.server.request_timeout_ms
             );
+        }
+        let google = matches!(self.store.kind, StoreKind::Bigtable | StoreKind::Spanner);
+        if google && (self.store.project.is_empty() || self.store.instance.is_empty()) {
+            bail!(
+                "store.project and store.instance are required for the {:?} store \
+                 (ANGZARR_STORE_PROJECT, ANGZARR_STORE_INSTANCE)",
+                self.store.kind
+            );
+        }
+        if self.store.kind == StoreKind::Spanner && self.store.database.is_empty() {
+            bail!("store.database is required for the Spanner store (ANGZARR_STORE_DATABASE)");
         }
         Ok(())
     }

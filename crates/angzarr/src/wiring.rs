@@ -4,14 +4,27 @@ use std::sync::Arc;
 
 use angzarr_core::Gateway;
 use angzarr_ports::{ClientLogic, Domain, EventStore, SnapshotStore};
+#[cfg(feature = "bigtable")]
+use angzarr_store_bigtable::{BigtableConfig, BigtableStore};
+#[cfg(feature = "dynamodb")]
+use angzarr_store_dynamodb::{DynamoDbConfig, DynamoDbStore};
 use angzarr_store_memory::MemoryStore;
 #[cfg(feature = "postgres")]
 use angzarr_store_postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "redis")]
 use angzarr_store_redis::{RedisConfig, RedisStore};
+#[cfg(feature = "spanner")]
+use angzarr_store_spanner::{Endpoint as SpannerEndpoint, SpannerConfig, SpannerStore};
 #[cfg(feature = "sqlite")]
 use angzarr_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
-#[cfg(feature = "sqlite")]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "dynamodb",
+    feature = "bigtable",
+    feature = "spanner"
+))]
 use anyhow::Context;
 use anyhow::bail;
 
@@ -25,6 +38,12 @@ pub(crate) enum OpenedStore {
     Postgres(Arc<PostgresStore>, String),
     #[cfg(feature = "redis")]
     Redis(Arc<RedisStore>, String),
+    #[cfg(feature = "dynamodb")]
+    Dynamodb(Arc<DynamoDbStore>, String),
+    #[cfg(feature = "bigtable")]
+    Bigtable(Arc<BigtableStore>, String),
+    #[cfg(feature = "spanner")]
+    Spanner(Arc<SpannerStore>, String),
     Memory(Arc<MemoryStore>),
 }
 
@@ -73,6 +92,103 @@ impl OpenedStore {
                     .with_context(|| format!("cannot open the {described}"))?;
                 Ok(Self::Postgres(Arc::new(store), described))
             }
+            #[cfg(not(feature = "dynamodb"))]
+            StoreKind::Dynamodb => {
+                bail!("this build has no DynamoDB store: rebuild with `--features dynamodb`")
+            }
+            #[cfg(not(feature = "bigtable"))]
+            StoreKind::Bigtable => {
+                bail!("this build has no Bigtable store: rebuild with `--features bigtable`")
+            }
+            #[cfg(not(feature = "spanner"))]
+            StoreKind::Spanner => {
+                bail!("this build has no Spanner store: rebuild with `--features spanner`")
+            }
+            #[cfg(feature = "dynamodb")]
+            StoreKind::Dynamodb => {
+                let mut dynamodb = DynamoDbConfig::new()
+                    .with_tables(
+                        format!("{}_events", config.table),
+                        format!("{}_index", config.table),
+                    )
+                    .with_namespace(config.namespace.as_str())
+                    .with_create_if_missing(config.create_if_missing)
+                    .with_connect_timeout(config.connect_timeout())
+                    .with_operation_timeout(config.operation_timeout());
+                if !config.endpoint.is_empty() {
+                    dynamodb = dynamodb.with_endpoint(config.endpoint.as_str());
+                }
+                if !config.region.is_empty() {
+                    dynamodb = dynamodb.with_region(config.region.as_str());
+                }
+                let described = format!(
+                    "DynamoDB tables {}, {} at {}",
+                    dynamodb.events_table,
+                    dynamodb.index_table,
+                    dynamodb.endpoint.as_deref().unwrap_or("AWS")
+                );
+                let store = DynamoDbStore::open(dynamodb)
+                    .await
+                    .with_context(|| format!("cannot open the {described}"))?;
+                Ok(Self::Dynamodb(Arc::new(store), described))
+            }
+            #[cfg(feature = "bigtable")]
+            StoreKind::Bigtable => {
+                let mut bigtable = BigtableConfig::new(
+                    config.project.as_str(),
+                    config.instance.as_str(),
+                    config.table.as_str(),
+                )
+                .with_namespace(config.namespace.as_str())
+                .with_create_if_missing(config.create_if_missing)
+                .with_connect_timeout(config.connect_timeout())
+                .with_operation_timeout(config.operation_timeout());
+                if !config.endpoint.is_empty() {
+                    bigtable = bigtable.with_endpoint(config.endpoint.as_str());
+                }
+                let described = format!(
+                    "Bigtable table {} of projects/{}/instances/{} at {}",
+                    bigtable.table,
+                    bigtable.project,
+                    bigtable.instance,
+                    bigtable.endpoint.as_deref().unwrap_or("Google Cloud")
+                );
+                let store = BigtableStore::open(bigtable)
+                    .await
+                    .with_context(|| format!("cannot open the {described}"))?;
+                Ok(Self::Bigtable(Arc::new(store), described))
+            }
+            #[cfg(feature = "spanner")]
+            StoreKind::Spanner => {
+                // Like Google's own clients: the emulator's variable when nothing is configured.
+                let emulator = std::env::var("SPANNER_EMULATOR_HOST").unwrap_or_default();
+                let endpoint = match (config.endpoint.as_str(), emulator.as_str()) {
+                    ("", "") => SpannerEndpoint::Cloud,
+                    ("", emulator) => SpannerEndpoint::Emulator(emulator.to_owned()),
+                    (endpoint, _) => match endpoint.strip_prefix("https://") {
+                        Some(tls) => SpannerEndpoint::Custom(tls.to_owned()),
+                        None => SpannerEndpoint::Emulator(endpoint.to_owned()),
+                    },
+                };
+                let spanner = SpannerConfig::new(
+                    config.project.as_str(),
+                    config.instance.as_str(),
+                    config.database.as_str(),
+                )
+                .with_endpoint(endpoint)
+                .with_namespace(config.namespace.as_str())
+                .with_create_if_missing(config.create_if_missing)
+                .with_connect_timeout(config.connect_timeout())
+                .with_operation_timeout(config.operation_timeout());
+                let described = format!(
+                    "Spanner database projects/{}/instances/{}/databases/{} ({:?})",
+                    spanner.project, spanner.instance, spanner.database, spanner.endpoint
+                );
+                let store = SpannerStore::open(spanner)
+                    .await
+                    .with_context(|| format!("cannot open the {described}"))?;
+                Ok(Self::Spanner(Arc::new(store), described))
+            }
             #[cfg(not(feature = "redis"))]
             StoreKind::Redis => {
                 bail!("this build has no Redis store: rebuild with `--features redis`")
@@ -110,6 +226,12 @@ impl OpenedStore {
             Self::Postgres(_, described) => described.clone(),
             #[cfg(feature = "redis")]
             Self::Redis(_, described) => described.clone(),
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(_, described) => described.clone(),
+            #[cfg(feature = "bigtable")]
+            Self::Bigtable(_, described) => described.clone(),
+            #[cfg(feature = "spanner")]
+            Self::Spanner(_, described) => described.clone(),
             Self::Memory(_) => "memory (nothing survives a restart)".to_owned(),
         }
     }
@@ -122,6 +244,12 @@ impl OpenedStore {
             Self::Postgres(store, _) => store.clone(),
             #[cfg(feature = "redis")]
             Self::Redis(store, _) => store.clone(),
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(store, _) => store.clone(),
+            #[cfg(feature = "bigtable")]
+            Self::Bigtable(store, _) => store.clone(),
+            #[cfg(feature = "spanner")]
+            Self::Spanner(store, _) => store.clone(),
             Self::Memory(store) => store.clone(),
         }
     }
@@ -134,6 +262,12 @@ impl OpenedStore {
             Self::Postgres(store, _) => store.clone(),
             #[cfg(feature = "redis")]
             Self::Redis(store, _) => store.clone(),
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(store, _) => store.clone(),
+            #[cfg(feature = "bigtable")]
+            Self::Bigtable(store, _) => store.clone(),
+            #[cfg(feature = "spanner")]
+            Self::Spanner(store, _) => store.clone(),
             Self::Memory(store) => store.clone(),
         }
     }
@@ -157,6 +291,12 @@ impl OpenedStore {
             Self::Postgres(..) => {}
             #[cfg(feature = "redis")]
             Self::Redis(..) => {}
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(..) => {}
+            #[cfg(feature = "bigtable")]
+            Self::Bigtable(..) => {}
+            #[cfg(feature = "spanner")]
+            Self::Spanner(..) => {}
             Self::Memory(_) => {}
         }
     }
