@@ -7,6 +7,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, CommandDigest, Domain, EventPage, EventStore,
@@ -43,15 +44,29 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
     );
     let barrier = Arc::new(Barrier::new(WRITERS + READERS));
     let writing = Arc::new(AtomicUsize::new(WRITERS));
+    // Readings finished while writes were still to come: a store whose reads are slower than
+    // its appends (an emulator) would otherwise see every write land before its first reading.
+    let overlapping = Arc::new(AtomicUsize::new(0));
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (store, plans) = (Arc::clone(&store), Arc::clone(&plans));
             let (barrier, writing) = (Arc::clone(&barrier), Arc::clone(&writing));
+            let overlapping = Arc::clone(&overlapping);
             tokio::spawn(async move {
                 let plan = &plans[writer];
                 barrier.wait().await;
                 for (index, batch) in plan.batches.iter().enumerate() {
+                    if index + 1 == plan.batches.len() {
+                        // The last batch waits for a reading per reader (bounded, in case a
+                        // reader failed: its panic is reported below).
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                        while overlapping.load(Ordering::SeqCst) < READERS
+                            && tokio::time::Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
                     let expected = (index * BATCH_LEN) as u64;
                     let request = plan.request(index);
                     let append = append(expected, batch.clone(), Some(request.as_str()));
@@ -70,6 +85,7 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
         .map(|reader| {
             let (store, plans) = (Arc::clone(&store), Arc::clone(&plans));
             let (barrier, writing) = (Arc::clone(&barrier), Arc::clone(&writing));
+            let overlapping = Arc::clone(&overlapping);
             tokio::spawn(async move {
                 barrier.wait().await;
                 let mut during_writes = 0;
@@ -79,7 +95,10 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
                     }
                     let plan = &plans[(round + reader) % WRITERS];
                     plan.check_a_reading(&*store, BATCH_LEN).await;
-                    during_writes += usize::from(writing.load(Ordering::SeqCst) > 0);
+                    if writing.load(Ordering::SeqCst) > 0 {
+                        during_writes += 1;
+                        overlapping.fetch_add(1, Ordering::SeqCst);
+                    }
                     // A store whose reads never yield would otherwise keep this worker thread
                     // for all its rounds, and the writers would wait for the readers.
                     tokio::task::yield_now().await;
