@@ -86,18 +86,8 @@ const SERVICE_BENCHES: &[ServiceBench] = &[
     },
     ServiceBench {
         package: "angzarr-example-bank",
-        target: "dynamodb",
-        servers: &[("ANGZARR_TEST_DYNAMODB_ENDPOINT", "dynamodb")],
-    },
-    ServiceBench {
-        package: "angzarr-example-bank",
         target: "bigtable",
         servers: &[("ANGZARR_TEST_BIGTABLE_EMULATOR_HOST", "bigtable")],
-    },
-    ServiceBench {
-        package: "angzarr-example-bank",
-        target: "spanner",
-        servers: &[("ANGZARR_TEST_SPANNER_EMULATOR_HOST", "spanner")],
     },
 ];
 
@@ -312,8 +302,10 @@ mod tests {
                 "redis-cluster-1",
                 "redis-cluster-2",
                 "redis-cluster-3",
-                "postgres"
+                "postgres",
+                "bigtable"
             ]
         );
+        assert_eq!(needed(&["--bench", "bigtable"], &[]), ["bigtable"]);
     }
 }
