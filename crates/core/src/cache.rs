@@ -27,9 +27,19 @@ struct State {
     weight: usize,
 }
 
-/// An entry's share of the budget: one for the entry itself, one per event.
+/// How many bytes of a cached state weigh as much as one event.
+const STATE_BYTES_PER_EVENT: usize = 1024;
+
+/// An entry's share of the budget: one for the entry itself, one per event, and one per KiB of
+/// the state it holds (the logic's folded state, handed back in place of the events, would
+/// otherwise weigh nothing however large).
 fn weight(history: &LoadedAggregate) -> usize {
-    1 + history.pages.len()
+    let state_bytes = history
+        .snapshot
+        .as_ref()
+        .and_then(|snapshot| snapshot.state.as_ref())
+        .map_or(0, |state| state.value.len());
+    1 + history.pages.len() + state_bytes.div_ceil(STATE_BYTES_PER_EVENT)
 }
 
 impl HistoryCache {
@@ -155,6 +165,22 @@ mod tests {
         }
         let cache = HistoryCache::new(8);
         assert!(cache.would_keep(&history(0)) && !cache.would_keep(&history(1)));
+    }
+
+    #[test]
+    fn a_large_state_weighs_by_its_size() {
+        let mut history = history(0);
+        history.snapshot = Some(angzarr_proto::v1::Snapshot {
+            sequence: 0,
+            state: Some(prost_types::Any {
+                type_url: "type.googleapis.com/test.State".into(),
+                value: vec![0; 10 * STATE_BYTES_PER_EVENT + 1],
+            }),
+        });
+        assert_eq!(weight(&history), 1 + 11);
+        // A budget whose largest entry is 8 cannot keep it.
+        assert!(!HistoryCache::new(64).would_keep(&history));
+        assert!(HistoryCache::new(96).would_keep(&history));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct GatewayConfig {
     /// The longest `request_id` or `correlation_id` accepted, in bytes.
     pub max_id_len: usize,
     /// How many events of recently used histories are kept in memory, so that a command for
-    /// an aggregate written recently need not read it back. 0 disables the cache.
+    /// an aggregate written recently need not read it back; a folded state weighs one event per
+    /// KiB. 0 disables the cache.
     pub cached_events: usize,
     /// How far the clocks of the gateways sharing a store may disagree. An append that
     /// conflicts with events another gateway stamped more than this before the command arrived
