@@ -4,6 +4,7 @@
 use std::error::Error as StdError;
 
 use angzarr_ports::{BoxError, EventStoreError, SnapshotStoreError};
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 /// Why a [`DynamoDbStore`](crate::DynamoDbStore) could not be opened.
@@ -89,10 +90,9 @@ pub(crate) fn described<E: StdError + 'static>(error: &E) -> String {
 }
 
 /// Sorts the failure of one request.
-pub(crate) fn sort<E, R>(error: SdkError<E, R>) -> Attempt
+pub(crate) fn sort<E>(error: SdkError<E, HttpResponse>) -> Attempt
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let message: BoxError = described(&error).into();
     match &error {
@@ -115,7 +115,9 @@ where
                 Attempt::Throttled(message)
             } else if CREDENTIALS.contains(&code) {
                 Attempt::NotSent(message)
-            } else if code == "InternalServerError" || code == "ServiceUnavailable" {
+            } else if service.raw().status().is_server_error() {
+                // `InternalServerError`, `ServiceUnavailable`, AWS's generic `InternalFailure`,
+                // a proxy's 5xx without a code: the request may have been applied.
                 Attempt::Unknown(message)
             } else {
                 Attempt::Failed(message)
@@ -211,10 +213,9 @@ pub(crate) enum Failure {
 impl Failure {
     /// The failure of a read (or of a write whose repetition is harmless): whatever it did, it
     /// changed nothing that matters.
-    pub(crate) fn of_read<E, R>(error: SdkError<E, R>) -> Self
+    pub(crate) fn of_read<E>(error: SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-        R: std::fmt::Debug + Send + Sync + 'static,
     {
         match sort(error) {
             Attempt::NotSent(error) | Attempt::Throttled(error) | Attempt::Unknown(error) => {

@@ -161,8 +161,7 @@ impl Inner {
             self.register_domain(aggregate.domain()).await?;
         }
         let token = Uuid::new_v4().hyphenated().to_string();
-        let items = self.transaction(aggregate, &append, end, &token)?;
-        let end = self.commit(aggregate, expected, end, &token, items).await?;
+        let end = self.commit(aggregate, &append, end, &token).await?;
         u64::try_from(end).map_err(|_| {
             Failure::Internal(format!("the stream of {aggregate} went past u64::MAX").into())
         })
@@ -308,21 +307,24 @@ impl Inner {
     async fn commit(
         &self,
         aggregate: &AggregateId,
-        expected: u64,
+        append: &Append,
         end: u128,
         token: &str,
-        items: Vec<TransactWriteItem>,
     ) -> Result<u128, Failure> {
+        let expected = append.expected_sequence;
         // Whether an attempt may have been applied: from then on, a conflict may be our own
         // earlier attempt, and a failure leaves the outcome unknown.
         let mut maybe_applied = false;
         let (mut attempts, mut conflicts) = (0u32, 0u32);
         loop {
             attempts += 1;
+            // Built again for each attempt rather than copied for all: the first usually
+            // succeeds, and a copy of every event's bytes would be wasted.
+            let send = self.transaction(aggregate, append, end, token)?;
             let result = self
                 .client
                 .transact_write_items()
-                .set_transact_items(Some(items.clone()))
+                .set_transact_items(Some(send))
                 .client_request_token(token)
                 .customize()
                 .config_override(
@@ -403,17 +405,31 @@ impl Inner {
         maybe_applied: bool,
         old: Option<Item>,
     ) -> Result<u128, Failure> {
-        let head = match old {
-            Some(item) => head_of(&item)?,
-            None => self.head(aggregate).await?,
+        // Once an attempt may have landed, failing to tell whose write this is leaves the
+        // outcome unknown: never "nothing written".
+        let unknown = |failure: Failure| match failure {
+            Failure::Unavailable(error) | Failure::Internal(error) if maybe_applied => {
+                Failure::Unknown(error)
+            }
+            Failure::Corrupt(message) if maybe_applied => Failure::Unknown(message.into()),
+            other => other,
         };
+        let head = match old {
+            Some(item) => head_of(&item),
+            None => self.head(aggregate).await,
+        }
+        .map_err(unknown)?;
         let actual = head.as_ref().map_or(0, |head| head.next);
         if maybe_applied && let Some(head) = &head {
             if head.token.as_deref() == Some(token) {
                 return Ok(end);
             }
             if head.next > expected
-                && self.first_event_token(aggregate, expected).await? == Some(token.to_owned())
+                && self
+                    .first_event_token(aggregate, expected)
+                    .await
+                    .map_err(unknown)?
+                    == Some(token.to_owned())
             {
                 return Ok(end);
             }

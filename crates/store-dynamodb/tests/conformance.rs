@@ -1,8 +1,9 @@
 //! The conformance suite against a DynamoDB emulator (`ANGZARR_TEST_DYNAMODB_ENDPOINT`,
 //! started by `cargo xtask services up dynamodb`). Each namespace gets a pair of tables
 //! (moto copies a whole table per transaction: small tables keep it fast), deleted after the
-//! case; reopening is a new client. Writes are serialized in the process: moto's transactions
-//! are not atomic under concurrency (see the README). A variable that is not set fails the tests: a backend that is not tested is not
+//! case; reopening is a new client. moto must serve one request at a time, as xtask's
+//! `moto_serialized.py` does: its transactions are not atomic under concurrency (see the
+//! README). A variable that is not set fails the tests: a backend that is not tested is not
 //! skipped silently.
 
 mod common;
