@@ -77,7 +77,9 @@ impl Client {
     }
 
     /// The rows of `rows` that pass `filter`, at most `limit` (0: no limit), in key order. A
-    /// read that fails on a broken connection is sent once more.
+    /// read that fails on a broken connection is sent once more. The operation timeout bounds
+    /// the wait for the first reply and between replies, not the whole stream: a long stream
+    /// row takes longer to send than any one request should.
     pub(crate) async fn read_rows(
         &self,
         rows: RowSet,
@@ -91,8 +93,8 @@ impl Client {
             rows_limit: limit,
             ..ReadRowsRequest::default()
         };
-        match self.timed(self.read_once(request.clone())).await {
-            Err(error) if error.transient() => self.timed(self.read_once(request)).await,
+        match self.read_once(request.clone()).await {
+            Err(error) if error.transient() => self.read_once(request).await,
             result => result,
         }
     }
@@ -103,14 +105,21 @@ impl Client {
             .metadata_mut()
             .insert("x-goog-request-params", self.routing.clone());
         let mut client = self.bigtable.clone();
-        let mut stream = client
-            .get_client()
-            .read_rows(request)
-            .await
-            .map_err(CallError::Status)?
+        let mut stream = self
+            .timed(async {
+                client
+                    .get_client()
+                    .read_rows(request)
+                    .await
+                    .map_err(CallError::Status)
+            })
+            .await?
             .into_inner();
         let mut decoder = Decoder::default();
-        while let Some(response) = stream.message().await.map_err(CallError::Status)? {
+        while let Some(response) = self
+            .timed(async { stream.message().await.map_err(CallError::Status) })
+            .await?
+        {
             decoder.push(response)?;
         }
         decoder.finish()

@@ -62,6 +62,9 @@ pub(crate) enum CallError {
     NotSent(BoxError),
     /// A reply the store cannot read (a malformed `ReadRows` stream).
     Reply(String),
+    /// The client failed after the request may have left (an I/O or transport error, its own
+    /// timeout): an append's outcome is unknown.
+    Lost(BoxError),
 }
 
 impl fmt::Display for CallError {
@@ -71,6 +74,7 @@ impl fmt::Display for CallError {
             Self::Timeout(timeout) => write!(f, "no reply within {timeout:?}"),
             Self::NotSent(error) => write!(f, "the request could not be made: {error}"),
             Self::Reply(message) => write!(f, "unreadable reply: {message}"),
+            Self::Lost(error) => write!(f, "the request failed in flight: {error}"),
         }
     }
 }
@@ -83,7 +87,14 @@ impl From<bigtable_rs::bigtable::Error> for CallError {
         match error {
             Error::RpcError(status) => Self::Status(status),
             Error::ChunkError(message) => Self::Reply(message),
-            other => Self::NotSent(Box::new(other)),
+            // Raised before anything is sent: no token, no certificate, a bad header.
+            error @ (Error::AccessTokenError(_)
+            | Error::CertificateError(_)
+            | Error::GCPAuthError(_)
+            | Error::MetadataError(_)
+            | Error::InvalidArgument(_)) => Self::NotSent(Box::new(error)),
+            // Anything else may come after the request left: never "nothing was written".
+            other => Self::Lost(Box::new(other)),
         }
     }
 }
@@ -110,7 +121,7 @@ impl CallError {
                 status.code(),
                 Code::Unavailable | Code::Unknown | Code::Aborted | Code::Internal
             ),
-            Self::Timeout(_) | Self::NotSent(_) | Self::Reply(_) => false,
+            Self::Timeout(_) | Self::NotSent(_) | Self::Reply(_) | Self::Lost(_) => false,
         }
     }
 }
@@ -158,7 +169,7 @@ impl Failure {
         match error {
             CallError::NotSent(_) => Self::Unavailable(boxed(error)),
             CallError::Reply(_) => Self::Internal(boxed(error)),
-            CallError::Timeout(_) => match op {
+            CallError::Timeout(_) | CallError::Lost(_) => match op {
                 Op::Append => Self::Unknown(boxed(error)),
                 Op::Other => Self::Unavailable(boxed(error)),
             },
