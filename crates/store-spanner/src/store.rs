@@ -235,22 +235,27 @@ impl SpannerStore {
         keys: KeySet,
         mut each: impl FnMut(Row) -> Result<(), Failure> + Send,
     ) -> Result<(), Failure> {
-        self.timed(async {
-            let mut transaction = self.inner.client.single().await?;
-            let options = ReadOptions {
-                index: table.index.to_owned(),
-                limit: table.limit,
-                call_options: CallOptions::default(),
-            };
-            let mut rows = transaction
-                .read_with_option(table.name, columns, keys, options)
-                .await?;
-            while let Some(row) = rows.next().await? {
-                each(row)?;
-            }
-            Ok(())
-        })
-        .await
+        // The operation timeout bounds the wait for the first rows and between rows, not the
+        // whole stream: a long stream takes longer to send than any one request should.
+        let mut transaction = self
+            .timed(async { Ok(self.inner.client.single().await?) })
+            .await?;
+        let options = ReadOptions {
+            index: table.index.to_owned(),
+            limit: table.limit,
+            call_options: CallOptions::default(),
+        };
+        let mut rows = self
+            .timed(async {
+                Ok(transaction
+                    .read_with_option(table.name, columns, keys, options)
+                    .await?)
+            })
+            .await?;
+        while let Some(row) = self.timed(async { Ok(rows.next().await?) }).await? {
+            each(row)?;
+        }
+        Ok(())
     }
 
     /// Reads one row of `table` by `key` in a single-use strong read.
