@@ -498,19 +498,26 @@ impl Gateway {
         let folded = snapshot_state.clone().or(state);
         self.store_snapshot(aggregate, &written, snapshot_state)
             .await;
-        if let Some(mut kept) = kept {
-            kept.next_sequence = next_sequence + written.len() as u64;
-            match (folded, written.last()) {
-                (Some(state), Some(last)) => {
-                    kept.pages.clear();
-                    kept.snapshot = Some(Snapshot {
-                        sequence: last.sequence,
-                        state: Some(state),
-                    });
-                }
-                _ => kept.pages.extend_from_slice(&written),
-            }
-            self.inner.cache.insert(aggregate, kept);
+        let next_sequence = next_sequence + written.len() as u64;
+        // Cached even when the history before it was too long to keep: a small state is what
+        // makes the next command cheap.
+        let cached = match (folded, written.last()) {
+            (Some(state), Some(last)) => Some(LoadedAggregate {
+                snapshot: Some(Snapshot {
+                    sequence: last.sequence,
+                    state: Some(state),
+                }),
+                pages: Vec::new(),
+                next_sequence,
+            }),
+            _ => kept.map(|mut kept| {
+                kept.pages.extend_from_slice(&written);
+                kept.next_sequence = next_sequence;
+                kept
+            }),
+        };
+        if let Some(cached) = cached {
+            self.inner.cache.insert(aggregate, cached);
         }
         Attempt::Done(Ok(response(cover, written, false)))
     }

@@ -377,6 +377,26 @@ async fn a_warm_aggregate_is_handed_its_folded_state_not_its_history_and_nothing
     assert_eq!(fold(&cold, root).await.balance, 499);
 }
 
+#[tokio::test]
+async fn a_history_too_long_to_cache_still_leaves_its_folded_state_cached() {
+    let store = Arc::new(MemoryStore::new());
+    let writer = gateway_with(store.clone(), Arc::new(logic(0)), GatewayConfig::default());
+    let root = Uuid::new_v4();
+    writer.execute(command(root, &open("ada"))).await.unwrap();
+    for _ in 0..19 {
+        writer.execute(command(root, &deposit(1))).await.unwrap();
+    }
+    // A budget of 80 keeps no entry over 10 events: the 20-event history is not kept.
+    let mut config = GatewayConfig::default();
+    config.cached_events = 80;
+    let recording = Arc::new(Recording::default());
+    let cold = gateway_with(store, recording.clone(), config);
+    cold.execute(command(root, &deposit(1))).await.unwrap();
+    cold.execute(command(root, &deposit(1))).await.unwrap();
+    let handed = recording.handed.lock().unwrap().clone();
+    assert_eq!(handed, [(20, None), (0, Some(20))]);
+}
+
 /// A snapshot store that is down: commands still work, from the events alone.
 struct DownSnapshots;
 
