@@ -1,6 +1,7 @@
 //! `angzarr load`: a load generator for the front door, and the same workload in-process, so
 //! that the cost of gRPC can be measured in one run.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use angzarr_core::Gateway;
@@ -145,9 +146,9 @@ pub(crate) async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
         progress: progress.clone(),
     };
 
-    let started = Instant::now();
-    let latencies = match opener {
+    let (latencies, elapsed) = match opener {
         Target::Local(_) => {
+            let started = Instant::now();
             let tasks: Vec<_> = (0..args.clients)
                 .map(|client| {
                     let (workload, target) = (workload.clone(), opener.clone());
@@ -158,14 +159,16 @@ pub(crate) async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
             for task in tasks {
                 latencies.extend(task.await.context("a load client panicked")??);
             }
-            latencies
+            let elapsed = started.elapsed();
+            // The gateway holds the store: it must go before the store can be closed.
+            drop(opener);
+            (latencies, elapsed)
         }
         Target::Remote(_) => {
             drop(opener);
             remote(&server, connections, args.clients, &workload).await?
         }
     };
-    let elapsed = started.elapsed();
     progress.finish_and_clear();
     if let Some(store) = local_store {
         store.close().await;
@@ -178,16 +181,19 @@ pub(crate) async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
 /// own: a single-threaded runtime keeps the client task, tonic's buffer and the HTTP/2
 /// connection on one thread, where a multi-threaded one hands every request and answer
 /// across threads (tens of microseconds a wake-up on a small VM: the load generator would
-/// measure itself).
+/// measure itself). The clock starts once every connection is up. Answers the latencies and
+/// the time they took.
 async fn remote(
     server: &str,
     connections: usize,
     clients: usize,
     workload: &Workload,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let connected = Arc::new(std::sync::Barrier::new(connections + 1));
     let threads: Vec<_> = (0..connections)
         .map(|connection| {
             let (server, workload) = (server.to_owned(), workload.clone());
+            let connected = Arc::clone(&connected);
             std::thread::Builder::new()
                 .name(format!("load-{connection}"))
                 .spawn(move || -> anyhow::Result<Vec<Duration>> {
@@ -196,8 +202,10 @@ async fn remote(
                         .build()
                         .context("cannot start a load runtime")?;
                     runtime.block_on(async move {
-                        let channel = crate::demo::connect(&server).await?;
-                        let target = Target::Remote(CommandGatewayClient::new(channel));
+                        let channel = crate::demo::connect(&server).await;
+                        // Reached even on failure, so that no other thread waits forever.
+                        connected.wait();
+                        let target = Target::Remote(CommandGatewayClient::new(channel?));
                         let tasks: Vec<_> = (connection..clients)
                             .step_by(connections)
                             .map(|client| {
@@ -217,6 +225,8 @@ async fn remote(
         .collect::<anyhow::Result<_>>()?;
     // The threads block: wait for them off the async runtime.
     tokio::task::spawn_blocking(move || {
+        connected.wait();
+        let started = Instant::now();
         let mut latencies = Vec::new();
         for thread in threads {
             let joined = thread
@@ -224,7 +234,7 @@ async fn remote(
                 .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
             latencies.extend(joined?);
         }
-        Ok(latencies)
+        Ok((latencies, started.elapsed()))
     })
     .await
     .context("waiting for the load threads")?
