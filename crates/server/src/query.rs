@@ -254,7 +254,15 @@ mod tests {
             ..AggregateQuery::default()
         };
         let state = Some(Any::default());
-        for (sequence, state) in [(5, state.clone()), (1, None), (0, state)] {
+        // Ahead, without state, at the head (nothing after it), and one event behind.
+        let cases = [
+            (5, state.clone()),
+            (1, None),
+            (1, state.clone()),
+            (0, state),
+        ];
+        for (sequence, state) in cases {
+            let used = state.is_some() && sequence < 2;
             let snapshot = Snapshot { sequence, state };
             SnapshotStore::put(store.as_ref(), &aggregate, snapshot.clone())
                 .await
@@ -264,8 +272,11 @@ mod tests {
                 .await
                 .unwrap()
                 .into_inner();
-            let used = sequence == 0;
-            let expected = if used { &events[1..] } else { &events[..] };
+            let expected = if used {
+                &events[sequence as usize + 1..]
+            } else {
+                &events[..]
+            };
             assert_eq!(
                 (book.snapshot, book.pages.as_slice()),
                 (used.then_some(snapshot), expected),

@@ -15,7 +15,8 @@ use tonic::{Code, Status};
 /// | `request_id` already used for another command | `ALREADY_EXISTS` | use a new request id |
 /// | over a limit | `RESOURCE_EXHAUSTED` | send less |
 /// | store or logic unreachable | `UNAVAILABLE` | retry later, with the same `request_id` |
-/// | append outcome unknown | `UNAVAILABLE` | resend with the same `request_id` |
+/// | append outcome unknown, with a `request_id` | `UNAVAILABLE` | resend with the same `request_id` |
+/// | append outcome unknown, without one | `UNKNOWN` | read the aggregate before deciding to resend |
 /// | logic timed out | `DEADLINE_EXCEEDED` | retry with the same `request_id` |
 /// | stored data undecodable | `DATA_LOSS` | operator attention |
 /// | a bug in the client logic or the store | `INTERNAL` | operator attention |
@@ -31,7 +32,12 @@ pub fn command_status(error: CommandError) -> Status {
         CommandError::Logic(error) => logic_code(error),
         CommandError::Store(error) => event_store_code(error),
         CommandError::SnapshotAhead(error) => snapshot_store_code(error),
-        CommandError::OutcomeUnknown { .. } => Code::Unavailable,
+        // A resend is safe only with a request id (it replays the first outcome): gRPC retry
+        // policies resend UNAVAILABLE by themselves, so without one the answer must not be it.
+        CommandError::OutcomeUnknown {
+            idempotent: true, ..
+        } => Code::Unavailable,
+        CommandError::OutcomeUnknown { .. } => Code::Unknown,
         _ => Code::Internal,
     };
     Status::new(code, error.to_string())
@@ -131,6 +137,13 @@ mod tests {
                     source: "cut".into(),
                 },
                 Code::Unavailable,
+            ),
+            (
+                CommandError::OutcomeUnknown {
+                    idempotent: false,
+                    source: "cut".into(),
+                },
+                Code::Unknown,
             ),
             (
                 ClientLogicError::InvalidSnapshot("x".into()).into(),
