@@ -111,11 +111,11 @@ pub(crate) fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo` as invoked by the user (the `CARGO` variable cargo sets), run from the root.
 /// The binary's opt-in store features: lint and tests build with them (one build for both),
 /// so that every adapter's wiring is compiled, linted and tested end to end.
 pub(crate) const OPTIONAL_STORES: &str = "angzarr/dynamodb,angzarr/bigtable,angzarr/spanner";
 
+/// `cargo` as invoked by the user (the `CARGO` variable cargo sets), run from the root.
 pub(crate) fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);

@@ -45,11 +45,7 @@ pub(crate) enum Install {
     /// Python packages, installed in a virtualenv at `target/services/venv`, the only place
     /// the executable is looked for (a copy installed by hand elsewhere does not count: the
     /// pinned versions are the tested ones).
-    Pip {
-        packages: &'static [&'static str],
-        /// A module the packages provide: the executable counts as installed once it imports.
-        import: &'static str,
-    },
+    Pip { packages: &'static [&'static str] },
     /// Not installable from the machine's registries (Google's emulators come from the Google
     /// Cloud CLI's own apt repository): a missing executable fails the run with `how`.
     Manual { how: &'static str },
@@ -238,7 +234,6 @@ pub(crate) const SERVICES: &[Service] = &[
         binary: "python3",
         install: Install::Pip {
             packages: &["moto[dynamodb]==5.2.1", "flask==3.1.3", "flask-cors==6.0.2"],
-            import: "moto.moto_server.werkzeug_app",
         },
         port: Port::Free,
         args: |layout| {
@@ -839,7 +834,7 @@ fn start(service: &Service) -> Result<()> {
             );
         }
         if TcpStream::connect_timeout(&service.address(), Duration::from_millis(250)).is_ok() {
-            if !alive(pid, service.binary) {
+            if !alive(pid, service) {
                 let _ = signal(service.setup.stop_signal, pid);
                 bail!(
                     "{} is listening, but pid {pid} does not run {}: cannot manage it",
@@ -913,7 +908,7 @@ fn stop(service: &Service) -> Result<()> {
     eprintln!("services: stopping {} (pid {pid})", service.name);
     signal(service.setup.stop_signal, pid)?;
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while alive(pid, service.binary) {
+    while alive(pid, service) {
         if Instant::now() >= deadline {
             eprintln!(
                 "services: {} did not exit within {STOP_TIMEOUT:?}, killing it",
@@ -921,7 +916,7 @@ fn stop(service: &Service) -> Result<()> {
             );
             signal("KILL", pid)?;
             let deadline = Instant::now() + Duration::from_secs(5);
-            while alive(pid, service.binary) {
+            while alive(pid, service) {
                 if Instant::now() >= deadline {
                     bail!("{} (pid {pid}) survived SIGKILL", service.name);
                 }
@@ -976,7 +971,7 @@ fn status(services: &[&'static Service]) -> Result<()> {
 /// The pid of the service if it is running (a stale pid file does not count).
 fn running_pid(service: &Service) -> Result<Option<u32>> {
     let pid = read_pid(&service.layout().pidfile)?;
-    Ok(pid.filter(|&pid| alive(pid, service.binary)))
+    Ok(pid.filter(|&pid| alive(pid, service)))
 }
 
 fn read_pid(pidfile: &Path) -> Result<Option<u32>> {
@@ -991,14 +986,24 @@ fn read_pid(pidfile: &Path) -> Result<Option<u32>> {
     }
 }
 
-/// Whether `pid` is a live (not zombie) process running `binary`. On Linux the process is
-/// identified through /proc, so a recycled pid is not mistaken for the server.
-fn alive(pid: u32, binary: &str) -> bool {
+/// Whether `pid` is a live (not zombie) process running `service`: its binary, with its port
+/// among the arguments. On Linux the process is identified through /proc, so a recycled pid
+/// (a stale pid file after a reboot, another `python3`) is not mistaken for the server, and
+/// never signalled.
+fn alive(pid: u32, service: &Service) -> bool {
     if !exists(pid) {
         return false;
     }
+    let port = service.layout().port.to_string();
     match fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains(binary),
+        Ok(cmdline) => {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            // Arguments are NUL-separated, or one line when the server retitles itself
+            // (`redis-server 127.0.0.1:16379 [cluster]`).
+            let mut words = cmdline.split(['\0', ' ']);
+            cmdline.contains(service.binary)
+                && words.any(|word| word == port || word.ends_with(&format!(":{port}")))
+        }
         Err(_) => !Path::new("/proc/self").exists(),
     }
 }
@@ -1061,18 +1066,47 @@ fn venv_dir() -> PathBuf {
     services_dir().join("venv")
 }
 
+/// The project's virtualenv's Python, after `pip install`ing `args` into it unless the same
+/// install (the arguments, and the contents of any `-r` file) is recorded there as done. Pinned
+/// versions are the tested ones: a changed pin installs again. Never the system Python, which
+/// Debian and Ubuntu refuse to let pip change (PEP 668).
+pub(crate) fn venv_install(name: &str, args: &[&str]) -> Result<PathBuf> {
+    let venv = venv_dir();
+    let python = venv.join("bin").join("python3");
+    if !python.is_file() {
+        run_status(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("could not create the project's virtualenv (python3 -m venv)")?;
+    }
+    let mut wanted = args.join(" ");
+    for pair in args.windows(2).filter(|pair| pair[0] == "-r") {
+        let file = project_root().join(pair[1]);
+        wanted += &fs::read_to_string(&file)
+            .with_context(|| format!("could not read {}", file.display()))?;
+    }
+    let stamp = venv.join(format!("angzarr-{name}.installed"));
+    if fs::read_to_string(&stamp).is_ok_and(|done| done == wanted) {
+        return Ok(python);
+    }
+    run_status(
+        Command::new(&python)
+            .current_dir(project_root())
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(args)
+            .stdout(std::io::stderr()),
+    )
+    .with_context(|| format!("could not pip install {}", args.join(" ")))?;
+    fs::write(&stamp, wanted).with_context(|| format!("could not write {}", stamp.display()))?;
+    Ok(python)
+}
+
 fn find_binary(service: &Service) -> Option<PathBuf> {
-    if let Install::Pip { import, .. } = service.install {
+    if let Install::Pip { .. } = service.install {
+        // Only the project's virtualenv counts, once its install is recorded as done.
         let candidate = venv_dir().join("bin").join(service.binary);
-        let imports = || {
-            Command::new(&candidate)
-                .args(["-c", &format!("import {import}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success())
-        };
-        return (candidate.is_file() && imports()).then_some(candidate);
+        let installed = venv_dir()
+            .join(format!("angzarr-{}.installed", service.name))
+            .is_file();
+        return (candidate.is_file() && installed).then_some(candidate);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     (service.setup.bin_dirs)()
@@ -1163,19 +1197,8 @@ fn ensure_installed(service: &Service) -> Result<PathBuf> {
                 }
             }
         }
-        Install::Pip { packages, .. } => {
-            let venv = venv_dir();
-            if !venv.join("bin").join("python").is_file() {
-                run_status(Command::new("python3").arg("-m").arg("venv").arg(&venv))
-                    .context("could not create the services virtualenv")?;
-            }
-            run_status(
-                Command::new(venv.join("bin").join("python"))
-                    .stdout(std::io::stderr())
-                    .args(["-m", "pip", "install", "--quiet"])
-                    .args(*packages),
-            )
-            .with_context(|| format!("could not pip install {}", packages.join(" ")))?;
+        Install::Pip { packages } => {
+            venv_install(service.name, packages)?;
         }
         Install::Manual { how } => bail!(
             "{} is needed by {} and is not installed: {how}",

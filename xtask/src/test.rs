@@ -21,7 +21,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, deps, display, project_root, run_status, services};
+use crate::{cargo, deps, display, services};
 
 /// A store adapter whose crate runs the conformance suite in `tests/conformance.rs`.
 pub(crate) struct Backend {
@@ -87,8 +87,8 @@ pub(crate) const BACKENDS: &[Backend] = &[
 /// What the Python client of `crates/angzarr/tests/foreign_client.rs` needs, relative to the
 /// project root.
 const PYTHON_REQUIREMENTS: &str = "crates/angzarr/tests/python/requirements.txt";
-/// The modules of those requirements, as the client imports them.
-const PYTHON_MODULES: &str = "import grpc, grpc_reflection, google.protobuf";
+/// The variable that tells that test which Python to run (the project's virtualenv's).
+const PYTHON_VARIABLE: &str = "ANGZARR_TEST_PYTHON";
 
 /// The property of each suite that must be among the passing tests.
 const REQUIRED_PROPERTY: &str = "state_machine";
@@ -143,15 +143,18 @@ fn parse(args: &[String]) -> Result<Options> {
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
-    if !options.filtered {
-        python_client_modules()?;
-    }
-    let provisioned = if options.services {
+    let python = if options.filtered {
+        None
+    } else {
+        python_client()?
+    };
+    let mut provisioned = if options.services {
         let names: Vec<&str> = options.backends.iter().map(|b| b.name).collect();
         services::up(&services::for_backends(&names)?)?
     } else {
         services::Provisioned::default()
     };
+    provisioned.env.extend(python);
 
     let result = run_tests(&options, &provisioned.env);
 
@@ -165,29 +168,19 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
 }
 
-/// Installs the Python client's modules with pip unless they are importable. Without python3
-/// there is nothing to install with: the test then fails, saying what to install.
-fn python_client_modules() -> Result<()> {
-    let importable = Command::new("python3")
-        .args(["-c", PYTHON_MODULES])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match importable {
-        Ok(status) if status.success() => Ok(()),
-        Ok(_) => run_status(
-            Command::new("python3")
-                .current_dir(project_root())
-                .args(["-m", "pip", "install", "--quiet", "-r", PYTHON_REQUIREMENTS])
-                .stdout(std::io::stderr()),
-        )
-        .context("could not install the Python client's modules for the end-to-end tests"),
-        Err(error) => {
+/// Installs the Python client's modules into the project's virtualenv, and answers the
+/// variable that hands its interpreter to the test. Without python3 there is nothing to
+/// install with: the test then fails, saying what to install.
+fn python_client() -> Result<Option<(&'static str, String)>> {
+    match services::venv_install("python-client", &["-r", PYTHON_REQUIREMENTS]) {
+        Ok(python) => Ok(Some((PYTHON_VARIABLE, python.display().to_string()))),
+        Err(error) if Command::new("python3").arg("--version").output().is_err() => {
             eprintln!(
-                "xtask test: python3 cannot be run ({error}); the Python client test will fail"
+                "xtask test: python3 cannot be run ({error:#}); the Python client test will fail"
             );
-            Ok(())
+            Ok(None)
         }
+        Err(error) => Err(error.context("could not prepare the Python client's modules")),
     }
 }
 

@@ -18,13 +18,19 @@ mod common;
 
 use common::Server;
 
+/// The Python to run: the project's virtualenv's, which `cargo xtask test` prepares and names
+/// in `ANGZARR_TEST_PYTHON`, else `python3` on PATH.
+fn python() -> String {
+    std::env::var("ANGZARR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 /// Fails, saying how to install them, unless Python 3 and the client's modules are there.
 fn require_python() {
     let install = format!(
-        "`python3 -m pip install -r {REQUIREMENTS}` \
-         (`cargo xtask test` runs that itself when the modules are missing)"
+        "`pip install -r {REQUIREMENTS}` into a virtualenv named by ANGZARR_TEST_PYTHON \
+         (`cargo xtask test` does that itself)"
     );
-    let probe = Command::new("python3")
+    let probe = Command::new(python())
         .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
         .output();
     match probe {
@@ -46,7 +52,7 @@ fn a_python_client_works_through_reflection_and_standard_any_packing() {
     require_python();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let output = Command::new("python3")
+    let output = Command::new(python())
         .arg(SCRIPT)
         .arg(&server.address)
         .output()
