@@ -218,12 +218,12 @@ impl<A: Aggregate> NativeLogic<A> {
             }
         }
         let crossed = |every: u64| next_sequence / every > first_sequence / every;
-        // The state goes back with every reply, so that the next command is handed it instead
-        // of the history; it is persisted only at the snapshot interval.
-        let packed = pack(&state);
+        // The state goes back with every reply that changed it, so that the next command is
+        // handed it instead of the history; it is persisted only at the snapshot interval.
         let (snapshot_state, state) = match self.snapshot_every {
-            Some(every) if crossed(every) => (Some(packed), None),
-            _ => (None, Some(packed)),
+            _ if pages.is_empty() => (None, None),
+            Some(every) if crossed(every) => (Some(pack(&state)), None),
+            _ => (None, Some(pack(&state))),
         };
         Ok(BusinessReply {
             outcome: Some(Outcome::Events(EventsEmitted {
