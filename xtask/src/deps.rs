@@ -43,9 +43,17 @@ const RULES: &[(&str, Allowed)] = &[
         "angzarr-server",
         Allowed::Only(&["angzarr-core", "angzarr-ports", "angzarr-proto"]),
     ),
+    // The test kit: the store suite checks against the memory store, the bridge suite against
+    // the native bank through the real pipeline. Only tests depend on it.
     (
         "angzarr-conformance",
-        Allowed::Only(&["angzarr-ports", "angzarr-proto", "angzarr-store-memory"]),
+        Allowed::Only(&[
+            "angzarr-core",
+            "angzarr-example-bank",
+            "angzarr-ports",
+            "angzarr-proto",
+            "angzarr-store-memory",
+        ]),
     ),
     (
         "angzarr-example-*",
@@ -220,6 +228,8 @@ mod tests {
                 &[
                     ("angzarr-ports", "normal"),
                     ("angzarr-store-memory", "normal"),
+                    ("angzarr-core", "normal"),
+                    ("angzarr-example-bank", "normal"),
                 ],
             ),
             package(

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bridge;
 mod compare;
 mod concurrency;
 pub mod faults;
