@@ -17,7 +17,7 @@ pub(crate) fn run() -> Result<()> {
         "--workspace",
         "--all-targets",
         "--features",
-        crate::OPTIONAL_STORES,
+        crate::OPTIONAL_FEATURES,
         "--locked",
         "--",
         "-D",

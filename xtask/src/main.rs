@@ -5,7 +5,9 @@
 
 mod bench;
 mod deps;
+mod go;
 mod lint;
+mod python;
 mod services;
 mod test;
 
@@ -37,6 +39,14 @@ commands:
   bench front-door
         The gRPC front door's figures: binary size, idle memory, latency and throughput
         through gRPC beside the same workload in-process.
+  go build|generate|test
+        build: the Go bridge's test libraries into target/go/ (go build -buildmode=c-shared),
+        printing the variables its tests read. generate: rewrite the committed .pb.go files.
+        test: go vet and go test on the Go modules.
+  python
+        Install the Python bridge's pinned packages into target/services/venv, regenerate
+        the committed protobuf modules of python/ and examples/bank/python/, and print the
+        variables the bridge's tests read.
   help, --help, -h
         This text.
 
@@ -66,6 +76,8 @@ fn run(args: &[String]) -> Result<()> {
         "check-deps" => no_args(command, rest).and_then(|()| deps::run()),
         "services" => services::run(rest),
         "bench" => bench::run(rest),
+        "go" => go::run(rest),
+        "python" => python::run(rest),
         "help" | "--help" | "-h" => {
             print_usage();
             Ok(())
@@ -111,9 +123,11 @@ pub(crate) fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The binary's opt-in store features: lint and tests build with them (one build for both),
-/// so that every adapter's wiring is compiled, linted and tested end to end.
-pub(crate) const OPTIONAL_STORES: &str = "angzarr/dynamodb,angzarr/bigtable,angzarr/spanner";
+/// The binary's opt-in features (the cloud stores, the in-process Python and Go bridges): lint
+/// and tests build with them (one build for both), so that every adapter's wiring is compiled,
+/// linted and tested end to end.
+pub(crate) const OPTIONAL_FEATURES: &str =
+    "angzarr/dynamodb,angzarr/bigtable,angzarr/spanner,angzarr/python,angzarr/go-ffi";
 
 /// `cargo` as invoked by the user (the `CARGO` variable cargo sets), run from the root.
 pub(crate) fn cargo() -> Command {

@@ -23,7 +23,8 @@ use serde_json::Value;
 
 use crate::{cargo, deps, display, services};
 
-/// A store adapter whose crate runs the conformance suite in `tests/conformance.rs`.
+/// A store adapter or a client-logic bridge whose crate runs a conformance suite in
+/// `tests/conformance.rs` (the store suite, or the cross-language bridge suite).
 pub(crate) struct Backend {
     /// The name used by `--backend`.
     pub(crate) name: &'static str,
@@ -36,7 +37,18 @@ pub(crate) struct Backend {
     /// run several times (say, against a single server and against a cluster). Each one's
     /// `state_machine` must pass.
     pub(crate) suites: &'static [&'static str],
+    /// The property of each suite that must be among the passing tests.
+    pub(crate) property: &'static str,
+    /// What must be built or installed before its tests run (not a server): answers the
+    /// variables that tell the tests where it is.
+    pub(crate) prepare: Option<Prepare>,
 }
+
+/// Builds or installs what a backend's tests need, and answers the variables that say where.
+pub(crate) type Prepare = fn() -> Result<Vec<(&'static str, String)>>;
+
+const STORE_PROPERTY: &str = "state_machine";
+const BRIDGE_PROPERTY: &str = "bank_matches_native";
 
 /// Every backend whose conformance suite must run and pass.
 pub(crate) const BACKENDS: &[Backend] = &[
@@ -45,42 +57,81 @@ pub(crate) const BACKENDS: &[Backend] = &[
         package: "angzarr-store-memory",
         services: &[],
         suites: &["conformance"],
+        property: STORE_PROPERTY,
+        prepare: None,
     },
     Backend {
         name: "sqlite",
         package: "angzarr-store-sqlite",
         services: &[],
         suites: &["conformance"],
+        property: STORE_PROPERTY,
+        prepare: None,
     },
     Backend {
         name: "postgres",
         package: "angzarr-store-postgres",
         services: &["postgres"],
         suites: &["conformance"],
+        property: STORE_PROPERTY,
+        prepare: None,
     },
     Backend {
         name: "redis",
         package: "angzarr-store-redis",
         services: &["redis", "redis-cluster"],
         suites: &["single", "cluster"],
+        property: STORE_PROPERTY,
+        prepare: None,
     },
     Backend {
         name: "dynamodb",
         package: "angzarr-store-dynamodb",
         services: &["dynamodb"],
         suites: &["conformance"],
+        property: STORE_PROPERTY,
+        prepare: None,
     },
     Backend {
         name: "bigtable",
         package: "angzarr-store-bigtable",
         services: &["bigtable"],
         suites: &["conformance"],
+        property: STORE_PROPERTY,
+        prepare: None,
     },
     Backend {
         name: "spanner",
         package: "angzarr-store-spanner",
         services: &["spanner"],
         suites: &["conformance"],
+        property: STORE_PROPERTY,
+        prepare: None,
+    },
+    Backend {
+        name: "bridge-grpc",
+        package: "angzarr-bridge-grpc",
+        services: &[],
+        suites: &["unix::bridge_conformance", "tcp::bridge_conformance"],
+        property: BRIDGE_PROPERTY,
+        prepare: None,
+    },
+    Backend {
+        name: "bridge-python",
+        package: "angzarr-bridge-python",
+        services: &[],
+        // In-process, and the same Python served out of process through the gRPC bridge.
+        suites: &["bridge_conformance", "grpc::bridge_conformance"],
+        property: BRIDGE_PROPERTY,
+        prepare: Some(crate::python::prepare_for_tests),
+    },
+    Backend {
+        name: "bridge-go",
+        package: "angzarr-bridge-go",
+        services: &[],
+        suites: &["bridge_conformance"],
+        property: BRIDGE_PROPERTY,
+        prepare: Some(crate::go::prepare_for_tests),
     },
 ];
 
@@ -90,8 +141,6 @@ const PYTHON_REQUIREMENTS: &str = "crates/angzarr/tests/python/requirements.txt"
 /// The variable that tells that test which Python to run (the project's virtualenv's).
 const PYTHON_VARIABLE: &str = "ANGZARR_TEST_PYTHON";
 
-/// The property of each suite that must be among the passing tests.
-const REQUIRED_PROPERTY: &str = "state_machine";
 /// The name of the integration test target of the suite (`tests/conformance.rs`).
 const SUITE_TARGET: &str = "conformance";
 
@@ -148,6 +197,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     } else {
         python_client()?
     };
+    // Before any server starts, so that a failure here leaves nothing running.
+    let mut prepared = Vec::new();
+    for backend in &options.backends {
+        if let Some(prepare) = backend.prepare {
+            prepared
+                .extend(prepare().with_context(|| format!("could not prepare {}", backend.name))?);
+        }
+    }
     let mut provisioned = if options.services {
         let names: Vec<&str> = options.backends.iter().map(|b| b.name).collect();
         services::up(&services::for_backends(&names)?)?
@@ -155,6 +212,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         services::Provisioned::default()
     };
     provisioned.env.extend(python);
+    provisioned.env.extend(prepared);
 
     let result = run_tests(&options, &provisioned.env);
 
@@ -195,7 +253,7 @@ fn run_tests(options: &Options, env: &[(&'static str, String)]) -> Result<()> {
         vec![
             "--workspace".to_owned(),
             "--features".to_owned(),
-            crate::OPTIONAL_STORES.to_owned(),
+            crate::OPTIONAL_FEATURES.to_owned(),
         ]
     };
     let cargo_test = || {
@@ -504,7 +562,7 @@ fn verify(
         ));
     }
     for suite in backend.suites {
-        let required = format!("{suite}::{REQUIRED_PROPERTY}");
+        let required = format!("{suite}::{}", backend.property);
         if !section
             .tests
             .iter()
@@ -570,6 +628,8 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
             package: "angzarr-store-x",
             services: &[],
             suites: &["conformance"],
+            property: STORE_PROPERTY,
+            prepare: None,
         }
     }
 

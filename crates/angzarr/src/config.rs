@@ -137,11 +137,29 @@ pub(crate) struct Log {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DomainConfig {
     pub(crate) name: String,
-    /// `"bank"`: the built-in example, in-process.
+    /// `"bank"` (built in), `"python:<module>"`, `"go:<library.so>"` or `"grpc:<target>"`.
     pub(crate) logic: String,
-    /// Snapshot every this many events (0: never).
+    /// Built-in and Go logic: snapshot every this many events (0: never). Python and gRPC logic
+    /// snapshot as their own code says.
     #[serde(default)]
     pub(crate) snapshot_every: u64,
+    /// Bridged logic: how long one command may take before it fails with a timeout.
+    #[serde(default = "default_logic_timeout_ms")]
+    pub(crate) timeout_ms: u64,
+    /// Python logic: directories put before the interpreter's own on `sys.path` (the code's
+    /// directory, a virtualenv's site-packages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) python_path: Vec<PathBuf>,
+}
+
+fn default_logic_timeout_ms() -> u64 {
+    5_000
+}
+
+impl DomainConfig {
+    pub(crate) fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
 }
 
 impl Default for Server {
@@ -212,6 +230,8 @@ impl Default for Config {
                 name: "account".into(),
                 logic: "bank".into(),
                 snapshot_every: 100,
+                timeout_ms: default_logic_timeout_ms(),
+                python_path: Vec::new(),
             }],
         }
     }

@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod load;
 mod logging;
+mod logic;
 mod serve;
 mod wiring;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use angzarr_core::Gateway;
-use angzarr_ports::{ClientLogic, Domain, EventStore, SnapshotStore};
+use angzarr_ports::{Domain, EventStore, SnapshotStore};
 #[cfg(feature = "bigtable")]
 use angzarr_store_bigtable::{BigtableConfig, BigtableStore};
 #[cfg(feature = "dynamodb")]
@@ -302,33 +302,13 @@ impl OpenedStore {
     }
 }
 
-/// The client logic a `[[domains]]` entry names.
-fn logic(domain: &config::DomainConfig) -> anyhow::Result<Arc<dyn ClientLogic>> {
-    match domain.logic.as_str() {
-        "bank" => Ok(Arc::new(angzarr_example_bank::logic(domain.snapshot_every))),
-        other => bail!(
-            "domain {:?}: unknown logic {other:?}; this build offers: \"bank\"",
-            domain.name
-        ),
-    }
-}
-
-/// The encoded `FileDescriptorSet` of the messages of a logic [`logic`] offers: one arm per
-/// arm there.
-fn descriptor_set(logic: &str) -> Option<&'static [u8]> {
-    match logic {
-        "bank" => Some(angzarr_example_bank::FILE_DESCRIPTOR_SET),
-        _ => None,
-    }
-}
-
 /// The descriptor sets of the configured domains' messages, each once, for server reflection.
 pub(crate) fn descriptor_sets(config: &Config) -> Vec<Vec<u8>> {
     let mut sets: Vec<Vec<u8>> = Vec::new();
     for set in config
         .domains
         .iter()
-        .filter_map(|d| descriptor_set(&d.logic))
+        .filter_map(|d| crate::logic::descriptor_set(&d.logic))
     {
         if !sets.iter().any(|known| known == set) {
             sets.push(set.to_vec());
@@ -342,7 +322,7 @@ pub(crate) fn gateway(config: &Config, store: &OpenedStore) -> anyhow::Result<Ga
         .config(config.gateway_config());
     for domain in &config.domains {
         let name = Domain::new(domain.name.as_str())?;
-        builder = builder.register(name, logic(domain)?);
+        builder = builder.register(name, crate::logic::build(domain)?);
     }
     Ok(builder.build())
 }

@@ -1,0 +1,3 @@
+"""A module whose import fails, for the load error tests."""
+
+raise ValueError("this module refuses to be imported")

@@ -1,0 +1,3 @@
+"""A module without `handle`, for the load error tests."""
+
+handler = None
