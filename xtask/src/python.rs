@@ -25,7 +25,7 @@ pub(crate) const PACKAGES: &[&str] =
 
 /// The variable naming the virtualenv's `site-packages`, which the bridge's tests and bench
 /// add to the embedded interpreter's `sys.path`.
-pub(crate) const SITE_PACKAGES_VARIABLE: &str = "ANGZARR_PYTHON_SITE_PACKAGES";
+pub(crate) const SITE_PACKAGES_VARIABLE: &str = "ANGZARR_TEST_PYTHON_SITE_PACKAGES";
 
 /// One protoc run: `.proto` files under an include directory, generated into a directory.
 struct Generation {
@@ -67,11 +67,12 @@ pub(crate) fn prepare_for_tests() -> Result<Vec<(&'static str, String)>> {
     prepare()
 }
 
-/// `cargo xtask python`: [`prepare`], then the variables as `KEY=value` lines.
+/// `cargo xtask python`: [`prepare`], then the variables as `export KEY=value` lines (for
+/// `eval`).
 pub(crate) fn run(args: &[String]) -> Result<()> {
     crate::no_args("python", args)?;
     for (key, value) in prepare()? {
-        println!("{key}={value}");
+        println!("export {key}={value}");
     }
     Ok(())
 }

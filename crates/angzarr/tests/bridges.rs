@@ -1,7 +1,7 @@
 //! The real binary serving the bank written in other languages, picked by `[[domains]] logic`:
 //! Python in-process (feature `python`), Go in-process (feature `go-ffi`), and Python out of
 //! process over gRPC (always built in). `cargo xtask test` builds the binary with both features
-//! and prepares what these need: the project's virtualenv (`ANGZARR_PYTHON_SITE_PACKAGES`) and
+//! and prepares what these need: the project's virtualenv (`ANGZARR_TEST_PYTHON_SITE_PACKAGES`) and
 //! the Go bank library (`ANGZARR_TEST_GO_BANK_LIB`); without them these tests fail.
 
 mod common;
@@ -28,7 +28,7 @@ fn required(variable: &str) -> String {
 /// package, the bank.
 fn python_path() -> Vec<PathBuf> {
     vec![
-        PathBuf::from(required("ANGZARR_PYTHON_SITE_PACKAGES")),
+        PathBuf::from(required("ANGZARR_TEST_PYTHON_SITE_PACKAGES")),
         root().join("python"),
         root().join("examples/bank/python"),
     ]
@@ -140,7 +140,7 @@ async fn python_bank_over_grpc() {
     use std::io::{BufRead, BufReader};
 
     let dir = tempfile::tempdir().unwrap();
-    let site_packages = PathBuf::from(required("ANGZARR_PYTHON_SITE_PACKAGES"));
+    let site_packages = PathBuf::from(required("ANGZARR_TEST_PYTHON_SITE_PACKAGES"));
     let python = site_packages
         .ancestors()
         .nth(3)

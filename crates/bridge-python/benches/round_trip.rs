@@ -4,7 +4,7 @@
 //! beside the native Rust bank. Prints p50, p99 and the mean of each.
 //!
 //! `cargo bench -p angzarr-bridge-python` (after `cargo xtask python`; set
-//! `ANGZARR_PYTHON_SITE_PACKAGES` if the virtualenv is elsewhere).
+//! `ANGZARR_TEST_PYTHON_SITE_PACKAGES` if the virtualenv is elsewhere).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ const WARMUP: usize = 2_000;
 const CALLS: usize = 20_000;
 
 fn site_packages() -> String {
-    if let Some(path) = std::env::var_os("ANGZARR_PYTHON_SITE_PACKAGES") {
+    if let Some(path) = std::env::var_os("ANGZARR_TEST_PYTHON_SITE_PACKAGES") {
         return path.to_string_lossy().into_owned();
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/services/venv/lib");

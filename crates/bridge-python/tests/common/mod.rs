@@ -9,7 +9,7 @@ use std::time::Duration;
 use angzarr_bridge_python::{LoadError, PythonConfig, PythonLogic};
 
 /// The variable `cargo xtask python` prints, naming the virtualenv's site-packages.
-pub const SITE_PACKAGES: &str = "ANGZARR_PYTHON_SITE_PACKAGES";
+pub const SITE_PACKAGES: &str = "ANGZARR_TEST_PYTHON_SITE_PACKAGES";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
