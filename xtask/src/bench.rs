@@ -6,12 +6,14 @@
 //! `-p`/`--package` argument the whole workspace is benchmarked. `--bench NAME` runs that
 //! target alone (`--benches` would add every other).
 //!
-//! The PostgreSQL and Redis benchmarks (`--bench postgres` and `--bench redis` of
-//! `angzarr-example-bank`) need servers: when such a benchmark is among the selected targets
-//! and a variable that points it at a server is not set (`ANGZARR_TEST_POSTGRES_URL`;
-//! `ANGZARR_TEST_REDIS_URL`, `ANGZARR_TEST_REDIS_CLUSTER_URLS`), the service behind that
-//! variable is started first (as `services up postgres`, `services up redis redis-cluster`)
-//! and, if this run started it, stopped after. See [`SERVICE_BENCHES`].
+//! The PostgreSQL, Redis, Bigtable, DynamoDB and Spanner benchmarks (`--bench postgres`,
+//! `redis`, `bigtable`, `dynamodb`, `spanner` of `angzarr-example-bank`) need servers: when such
+//! a benchmark is among the selected targets and a variable that points it at a server is not
+//! set (`ANGZARR_TEST_POSTGRES_URL`; `ANGZARR_TEST_REDIS_URL`,
+//! `ANGZARR_TEST_REDIS_CLUSTER_URLS`; `ANGZARR_TEST_BIGTABLE_EMULATOR_HOST`;
+//! `ANGZARR_TEST_DYNAMODB_ENDPOINT`; `ANGZARR_TEST_SPANNER_EMULATOR_HOST`), the service behind
+//! that variable is started first (as `services up postgres`, `services up redis
+//! redis-cluster`, ...) and, if this run started it, stopped after. See [`SERVICE_BENCHES`].
 
 use std::process::Command;
 
@@ -88,6 +90,16 @@ const SERVICE_BENCHES: &[ServiceBench] = &[
         package: "angzarr-example-bank",
         target: "bigtable",
         servers: &[("ANGZARR_TEST_BIGTABLE_EMULATOR_HOST", "bigtable")],
+    },
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "dynamodb",
+        servers: &[("ANGZARR_TEST_DYNAMODB_ENDPOINT", "dynamodb")],
+    },
+    ServiceBench {
+        package: "angzarr-example-bank",
+        target: "spanner",
+        servers: &[("ANGZARR_TEST_SPANNER_EMULATOR_HOST", "spanner")],
     },
 ];
 
@@ -303,9 +315,23 @@ mod tests {
                 "redis-cluster-2",
                 "redis-cluster-3",
                 "postgres",
-                "bigtable"
+                "dynamodb",
+                "bigtable",
+                "spanner"
             ]
         );
         assert_eq!(needed(&["--bench", "bigtable"], &[]), ["bigtable"]);
+        assert_eq!(needed(&["--bench", "dynamodb"], &[]), ["dynamodb"]);
+        assert_eq!(needed(&["--bench=spanner"], &[]), ["spanner"]);
+        assert!(
+            needed(
+                &["--bench", "dynamodb", "--bench", "spanner"],
+                &[
+                    "ANGZARR_TEST_DYNAMODB_ENDPOINT",
+                    "ANGZARR_TEST_SPANNER_EMULATOR_HOST"
+                ]
+            )
+            .is_empty()
+        );
     }
 }

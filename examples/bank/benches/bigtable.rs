@@ -17,20 +17,18 @@
 
 mod common;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use angzarr_core::Gateway;
-use angzarr_example_bank::{DOMAIN, command, logic, open, replay};
-use angzarr_ports::{AggregateId, Append, Domain, EventPage, EventStore};
+use angzarr_example_bank::replay;
+use angzarr_ports::{AggregateId, EventPage};
 use angzarr_store_bigtable::{BigtableConfig, BigtableStore};
 use bigtable_rs::bigtable::{BigTable, BigTableConnection};
 use bigtable_rs::google::bigtable::v2::{
     CheckAndMutateRowRequest, ColumnRange, Mutation, ReadRowsRequest, RowFilter, RowSet,
     ValueRange, column_range, mutation, row_filter, value_range,
 };
-use common::{Commands, account, deposited_page, load, median, rebuild};
+use common::{Commands, append_rows, rebuild_rows, rotate};
 use prost::Message;
 use uuid::Uuid;
 
@@ -49,31 +47,6 @@ const TABLE: &str = "angzarr-bench";
 
 fn main() {
     common::main(run);
-}
-
-type Variant<'a> = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = f64> + 'a>> + 'a>;
-
-/// Runs the variants in turns, `runs` times each, and answers each one's median.
-async fn rotate(runs: usize, mut variants: Vec<Variant<'_>>) -> Vec<f64> {
-    for variant in &mut variants {
-        variant().await;
-    }
-    let mut results = vec![Vec::with_capacity(runs); variants.len()];
-    for _ in 0..runs {
-        for (variant, results) in variants.iter_mut().zip(&mut results) {
-            results.push(variant().await);
-        }
-    }
-    results.into_iter().map(median).collect()
-}
-
-fn emulator() -> String {
-    std::env::var("ANGZARR_TEST_BIGTABLE_EMULATOR_HOST").unwrap_or_else(|_| {
-        panic!(
-            "ANGZARR_TEST_BIGTABLE_EMULATOR_HOST is not set: start the emulator with `cargo \
-             xtask services up bigtable` and `set -a; . target/services/env; set +a`"
-        )
-    })
 }
 
 async fn run(quick: bool) {
@@ -98,83 +71,36 @@ async fn run(quick: bool) {
             runs,
             vec![
                 Box::new(move || Box::pin(bench.pipeline(clients, commands))),
-                Box::new(move || Box::pin(bench.store_appends(clients, commands))),
+                Box::new(move || Box::pin(common::store_appends(&bench.store, clients, commands))),
                 Box::new(move || Box::pin(bench.raw_appends(clients, commands))),
             ],
         )
         .await;
-        let [pipeline, store, raw] = rates[..] else {
-            unreachable!("three variants");
-        };
-        let baseline = format!("{raw:.0}/s raw CheckAndMutateRow, {clients} client(s)");
-        rows.push((
-            figure.to_owned(),
-            format!("{pipeline:.0}/s"),
-            baseline.clone(),
-            pipeline / raw,
-        ));
-        rows.push((
-            "... the store alone (`append` of the same pages, no core)".to_owned(),
-            format!("{store:.0}/s"),
-            baseline,
-            store / raw,
-        ));
+        let rates = rates.try_into().expect("three variants");
+        let baseline = format!("raw CheckAndMutateRow, {clients} client(s)");
+        rows.extend(append_rows(figure, rates, &baseline));
     }
 
-    let aggregate = bench.history(scale(REBUILD_EVENTS)).await;
-    let gateway = bench.gateway(0);
-    let times = rotate(
-        runs * 4,
-        vec![
-            Box::new(|| Box::pin(rebuild(&gateway, &aggregate))),
-            Box::new(|| Box::pin(load(&gateway, &aggregate))),
-            Box::new(|| Box::pin(bench.raw_read(&aggregate, false))),
-            Box::new(|| Box::pin(bench.raw_read(&aggregate, true))),
-        ],
-    )
-    .await;
-    let [full, loaded, raw_read, raw_folded] = times[..] else {
-        unreachable!("four variants");
-    };
     let events = scale(REBUILD_EVENTS);
-    for (figure, ours, raw, baseline) in [
-        (
-            format!("rebuild {events} events (load, decode, fold)"),
-            full,
-            raw_read,
-            "raw ReadRows, decoded",
-        ),
-        (
-            "... load alone (read and decode, no fold)".to_owned(),
-            loaded,
-            raw_read,
-            "raw ReadRows, decoded",
-        ),
-        (
-            "... rebuild against a baseline that folds too".to_owned(),
-            full,
-            raw_folded,
-            "raw ReadRows, decoded, folded",
-        ),
-    ] {
-        rows.push((
-            figure,
-            format!("{:.1} ms", ours * 1e3),
-            format!("{:.1} ms {baseline}", raw * 1e3),
-            raw / ours,
-        ));
-    }
+    let aggregate = common::history(bench.store.as_ref(), events, HISTORY_BATCH).await;
+    let gateway = common::gateway(bench.store.clone(), 0);
+    let raw_read = |fold| bench.raw_read(&aggregate, fold);
+    rows.extend(
+        rebuild_rows(
+            runs * 4,
+            events,
+            &gateway,
+            &aggregate,
+            &raw_read,
+            "raw ReadRows",
+        )
+        .await,
+    );
     if quick {
         println!("benchmark smoke run passed (run with `cargo bench` for figures)");
         return;
     }
-    println!("### Bigtable emulator");
-    println!();
-    println!("| figure | angzarr | baseline (same run) | vs baseline |");
-    println!("|---|---|---|---|");
-    for (figure, ours, baseline, ratio) in rows {
-        println!("| {figure} | {ours} | {baseline} | {ratio:.2}x |");
-    }
+    common::print_ratios("Bigtable emulator", &rows);
 }
 
 struct Bench {
@@ -185,7 +111,11 @@ struct Bench {
 
 impl Bench {
     async fn open() -> Self {
-        let endpoint = emulator();
+        let endpoint = common::server_var(
+            "ANGZARR_TEST_BIGTABLE_EMULATOR_HOST",
+            "bigtable",
+            "bigtable",
+        );
         let namespace = format!("bench_{}", Uuid::new_v4().simple());
         let config = BigtableConfig::new(PROJECT, INSTANCE, TABLE)
             .with_endpoint(&endpoint)
@@ -212,87 +142,15 @@ impl Bench {
         }
     }
 
-    fn gateway(&self, snapshot_every: u64) -> Gateway {
-        Gateway::builder(self.store.clone(), self.store.clone())
-            .register(
-                Domain::new(DOMAIN).expect("valid"),
-                Arc::new(logic(snapshot_every)),
-            )
-            .build()
-    }
-
     /// Commands per second through the core, `aggregates` clients each on its own aggregate.
     async fn pipeline(&self, aggregates: u64, commands: u64) -> f64 {
-        let gateway = self.gateway(100);
-        let roots: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
-        for root in &roots {
-            gateway
-                .execute(command(*root, &open("bench")))
-                .await
-                .expect("open");
-        }
-        let per_aggregate = commands / aggregates;
-        let started = Instant::now();
-        let tasks: Vec<_> = roots
-            .iter()
-            .map(|root| {
-                let (gateway, root) = (gateway.clone(), *root);
-                tokio::spawn(async move {
-                    for n in 0..per_aggregate {
-                        gateway
-                            .execute(Commands::Plain.command(root, n))
-                            .await
-                            .expect("deposit");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("client task");
-        }
-        (per_aggregate * aggregates) as f64 / started.elapsed().as_secs_f64()
-    }
-
-    fn work(&self, clients: u64, commands: u64) -> Vec<(AggregateId, Vec<EventPage>)> {
-        let per_client = commands / clients;
-        (0..clients)
-            .map(|_| {
-                let pages = (0..per_client)
-                    .map(|sequence| deposited_page(sequence, &Uuid::new_v4().to_string()))
-                    .collect();
-                (account(Uuid::new_v4()), pages)
-            })
-            .collect()
-    }
-
-    /// Events per second through `EventStore::append`, one event per append.
-    async fn store_appends(&self, clients: u64, commands: u64) -> f64 {
-        let work = self.work(clients, commands);
-        let appended: u64 = work.iter().map(|(_, pages)| pages.len() as u64).sum();
-        let started = Instant::now();
-        let tasks: Vec<_> = work
-            .into_iter()
-            .map(|(aggregate, pages)| {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    for (sequence, page) in (0..).zip(pages) {
-                        store
-                            .append(&aggregate, Append::new(sequence, vec![page]))
-                            .await
-                            .expect("append");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("store task");
-        }
-        appended as f64 / started.elapsed().as_secs_f64()
+        let gateway = common::gateway(self.store.clone(), 100);
+        common::pipeline(&gateway, aggregates, commands, Commands::Plain).await
     }
 
     /// Events per second of the minimal compare-and-append, one `CheckAndMutateRow` each.
     async fn raw_appends(&self, clients: u64, commands: u64) -> f64 {
-        let work = self.work(clients, commands);
+        let work = common::work(clients, commands);
         let appended: u64 = work.iter().map(|(_, pages)| pages.len() as u64).sum();
         let table_name = self.raw.get_full_table_name(TABLE);
         let started = Instant::now();
@@ -371,24 +229,6 @@ impl Bench {
             task.await.expect("raw task");
         }
         appended as f64 / started.elapsed().as_secs_f64()
-    }
-
-    /// An aggregate with `events` deposits, appended in batches.
-    async fn history(&self, events: u64) -> AggregateId {
-        let aggregate = account(Uuid::new_v4());
-        let mut next = 0;
-        while next < events {
-            let correlation_id = Uuid::new_v4().to_string();
-            let batch: Vec<EventPage> = (next..(next + HISTORY_BATCH).min(events))
-                .map(|sequence| deposited_page(sequence, &correlation_id))
-                .collect();
-            next = self
-                .store
-                .append(&aggregate, Append::new(next, batch))
-                .await
-                .expect("append history");
-        }
-        aggregate
     }
 
     /// Seconds to read the store's stream row with the raw client and decode every event

@@ -24,15 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use angzarr_core::Gateway;
-use angzarr_example_bank::{DOMAIN, command, logic, open};
+use angzarr_example_bank::{DOMAIN, command, open};
 use angzarr_ports::{
     AggregateEvents, AggregateId, Append, Domain, EventPage, EventStore, EventStoreError,
     RequestRecord, SequenceRange, Snapshot, SnapshotStore, SnapshotStoreError, StoreCapabilities,
     async_trait,
 };
 use angzarr_store_postgres::{PostgresConfig, PostgresStore};
-use common::{Commands, account, deposited_page, load, median, rebuild};
+use common::{Commands, account, deposited_page, load, rebuild, rotate};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::TryStreamExt;
 use prost::Message;
@@ -109,12 +108,18 @@ async fn run(quick: bool) {
             false,
         ),
     ] {
-        let (ours, raw) = alternate(
+        let bench = &bench;
+        let rates = rotate(
             runs,
-            || bench.pipeline(aggregates, commands, kind),
-            || bench.raw_inserts(aggregates, commands),
+            vec![
+                Box::new(move || Box::pin(bench.pipeline(aggregates, commands, kind))),
+                Box::new(move || Box::pin(bench.raw_inserts(aggregates, commands))),
+            ],
         )
         .await;
+        let [ours, raw] = rates[..] else {
+            unreachable!("two variants");
+        };
         let baseline = if aggregates == 1 {
             format!("{raw:.0}/s raw INSERT, 1 txn each")
         } else {
@@ -131,19 +136,29 @@ async fn run(quick: bool) {
     }
 
     let aggregate = bench.history(scale(REBUILD_EVENTS)).await;
-    let gateway = bench.gateway(bench.store.clone(), 0);
-    let (full, raw_read) = alternate(
+    let gateway = common::gateway(bench.store.clone(), 0);
+    let times = rotate(
         runs * 2,
-        || rebuild(&gateway, &aggregate),
-        || bench.raw_select(&aggregate, true),
+        vec![
+            Box::new(|| Box::pin(rebuild(&gateway, &aggregate))),
+            Box::new(|| Box::pin(bench.raw_select(&aggregate, true))),
+        ],
     )
     .await;
-    let (load, raw_collected) = alternate(
+    let [full, raw_read] = times[..] else {
+        unreachable!("two variants");
+    };
+    let times = rotate(
         runs * 2,
-        || load(&gateway, &aggregate),
-        || bench.raw_select(&aggregate, false),
+        vec![
+            Box::new(|| Box::pin(load(&gateway, &aggregate))),
+            Box::new(|| Box::pin(bench.raw_select(&aggregate, false))),
+        ],
     )
     .await;
+    let [load, raw_collected] = times[..] else {
+        unreachable!("two variants");
+    };
     // Times, not speeds: the ratio is the baseline's time over ours.
     rows.push(Row {
         figure: "rebuild 100,000 events (load, decode, fold)",
@@ -209,27 +224,6 @@ async fn run(quick: bool) {
     }
 }
 
-/// Runs `ours` and `baseline` in turns, `runs` times each, and answers both medians.
-async fn alternate<A, B>(
-    runs: usize,
-    mut ours: impl FnMut() -> A,
-    mut baseline: impl FnMut() -> B,
-) -> (f64, f64)
-where
-    A: Future<Output = f64>,
-    B: Future<Output = f64>,
-{
-    // One of each first, unmeasured: both pools open their connections.
-    ours().await;
-    baseline().await;
-    let (mut a, mut b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for _ in 0..runs {
-        a.push(ours().await);
-        b.push(baseline().await);
-    }
-    (median(a), median(b))
-}
-
 /// The store and the baseline's pool, over one fresh schema of the test server.
 struct Bench {
     url: String,
@@ -240,14 +234,7 @@ struct Bench {
 
 impl Bench {
     async fn open() -> Self {
-        let url = std::env::var("ANGZARR_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-            panic!(
-                "ANGZARR_TEST_POSTGRES_URL is not set: the PostgreSQL benchmark needs a server. \
-                 Run `cargo xtask bench -p angzarr-example-bank --bench postgres`, which starts \
-                 one, or `cargo xtask services up postgres` and \
-                 `set -a; . target/services/env; set +a` before `cargo bench`."
-            )
-        });
+        let url = common::server_var("ANGZARR_TEST_POSTGRES_URL", "postgres", "postgres");
         let schema = format!("bench_{}", Uuid::new_v4().simple());
         let config = PostgresConfig::new(&url)
             .with_schema(&schema)
@@ -278,60 +265,11 @@ impl Bench {
         }
     }
 
-    /// A gateway over `store` with the bank's logic.
-    fn gateway<S: EventStore + SnapshotStore + 'static>(
-        &self,
-        store: Arc<S>,
-        snapshot_every: u64,
-    ) -> Gateway {
-        Gateway::builder(store.clone(), store)
-            .register(
-                Domain::new(DOMAIN).expect("valid"),
-                Arc::new(logic(snapshot_every)),
-            )
-            .build()
-    }
-
     /// Commands through the whole pipeline: `aggregates` clients, each on an account of its
     /// own, snapshots every 100 events (the server's default), as in the SQLite benchmark.
     async fn pipeline(&self, aggregates: u64, commands: u64, kind: Commands) -> f64 {
-        let gateway = self.gateway(self.store.clone(), 100);
-        let roots: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
-        let opened: Vec<_> = roots
-            .iter()
-            .map(|root| {
-                let (gateway, root) = (gateway.clone(), *root);
-                tokio::spawn(async move {
-                    gateway
-                        .execute(command(root, &open("bench")))
-                        .await
-                        .expect("open");
-                })
-            })
-            .collect();
-        for task in opened {
-            task.await.expect("open task");
-        }
-        let per_aggregate = commands / aggregates;
-        let started = Instant::now();
-        let tasks: Vec<_> = roots
-            .iter()
-            .map(|root| {
-                let (gateway, root) = (gateway.clone(), *root);
-                tokio::spawn(async move {
-                    for n in 0..per_aggregate {
-                        gateway
-                            .execute(kind.command(root, n))
-                            .await
-                            .expect("deposit");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("client task");
-        }
-        (per_aggregate * aggregates) as f64 / started.elapsed().as_secs_f64()
+        let gateway = common::gateway(self.store.clone(), 100);
+        common::pipeline(&gateway, aggregates, commands, kind).await
     }
 
     /// The baseline: the rows the pipeline writes, inserted by `clients` concurrent tasks, each
@@ -448,7 +386,7 @@ impl Bench {
             inner: self.store.clone(),
             calls: Mutex::default(),
         });
-        let gateway = self.gateway(counting.clone(), 100);
+        let gateway = common::gateway(counting.clone(), 100);
         let root = Uuid::new_v4();
         gateway
             .execute(command(root, &open("bench")))

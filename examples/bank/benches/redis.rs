@@ -36,15 +36,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use angzarr_core::Gateway;
-use angzarr_example_bank::{DOMAIN, command, logic, open, replay};
-use angzarr_ports::{AggregateId, Append, Domain, EventPage, EventStore};
+use angzarr_example_bank::{command, open, replay};
+use angzarr_ports::{AggregateId, EventPage};
 use angzarr_store_redis::{RedisConfig, RedisStore};
-use common::{Commands, account, deposited_page, load, median, rebuild};
+use common::{Commands, load, rebuild, rotate};
 use futures_util::StreamExt;
 use prost::Message;
 use redis::aio::MultiplexedConnection;
@@ -107,16 +105,7 @@ struct Target {
 }
 
 fn targets() -> Vec<Target> {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: the Redis benchmark needs a server and a cluster. Run \
-                 `cargo xtask bench -p angzarr-example-bank --bench redis`, which starts them, \
-                 or `cargo xtask services up redis redis-cluster` and \
-                 `set -a; . target/services/env; set +a` before `cargo bench`."
-            )
-        })
-    };
+    let var = |name: &str| common::server_var(name, "redis", "redis redis-cluster");
     let single = var("ANGZARR_TEST_REDIS_URL");
     let cluster = var("ANGZARR_TEST_REDIS_CLUSTER_URLS")
         .split(',')
@@ -184,24 +173,6 @@ async fn run(quick: bool) {
         }
         println!();
     }
-}
-
-/// One way of doing a figure's work, answering its throughput or its time.
-type Variant<'a> = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = f64> + 'a>> + 'a>;
-
-/// Runs the variants in turns, `runs` times each, and answers each one's median.
-async fn rotate(runs: usize, mut variants: Vec<Variant<'_>>) -> Vec<f64> {
-    // One of each first, unmeasured: connections open, scripts get cached.
-    for variant in &mut variants {
-        variant().await;
-    }
-    let mut results = vec![Vec::with_capacity(runs); variants.len()];
-    for _ in 0..runs {
-        for (variant, results) in variants.iter_mut().zip(&mut results) {
-            results.push(variant().await);
-        }
-    }
-    results.into_iter().map(median).collect()
 }
 
 /// A random append token, as the store makes one per append.
@@ -373,7 +344,9 @@ impl Bench {
                 runs,
                 vec![
                     Box::new(move || Box::pin(self.pipeline(clients, commands, Commands::Plain))),
-                    Box::new(move || Box::pin(self.store_appends(clients, commands))),
+                    Box::new(move || {
+                        Box::pin(common::store_appends(&self.store, clients, commands))
+                    }),
                     Box::new(move || Box::pin(self.raw_appends(clients, commands, false))),
                     Box::new(move || Box::pin(self.raw_appends(clients, commands, true))),
                 ],
@@ -412,8 +385,9 @@ impl Bench {
             }
         }
 
-        let aggregate = self.history(scale(REBUILD_EVENTS)).await;
-        let gateway = self.gateway(0);
+        let aggregate =
+            common::history(self.store.as_ref(), scale(REBUILD_EVENTS), HISTORY_BATCH).await;
+        let gateway = common::gateway(self.store.clone(), 0);
         // Reads are short and their times spread (the allocator's state weighs): more runs.
         let times = rotate(
             runs * 4,
@@ -475,96 +449,11 @@ impl Bench {
         (self.target.name, rows, requests)
     }
 
-    /// A gateway over the store with the bank's logic.
-    fn gateway(&self, snapshot_every: u64) -> Gateway {
-        Gateway::builder(self.store.clone(), self.store.clone())
-            .register(
-                Domain::new(DOMAIN).expect("valid"),
-                Arc::new(logic(snapshot_every)),
-            )
-            .build()
-    }
-
     /// Commands through the whole pipeline: `aggregates` clients, each on an account of its
     /// own, snapshots every 100 events (the server's default), as in the other benchmarks.
     async fn pipeline(&self, aggregates: u64, commands: u64, kind: Commands) -> f64 {
-        let gateway = self.gateway(100);
-        let roots: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
-        let opened: Vec<_> = roots
-            .iter()
-            .map(|root| {
-                let (gateway, root) = (gateway.clone(), *root);
-                tokio::spawn(async move {
-                    gateway
-                        .execute(command(root, &open("bench")))
-                        .await
-                        .expect("open");
-                })
-            })
-            .collect();
-        for task in opened {
-            task.await.expect("open task");
-        }
-        let per_aggregate = commands / aggregates;
-        let started = Instant::now();
-        let tasks: Vec<_> = roots
-            .iter()
-            .map(|root| {
-                let (gateway, root) = (gateway.clone(), *root);
-                tokio::spawn(async move {
-                    for n in 0..per_aggregate {
-                        gateway
-                            .execute(kind.command(root, n))
-                            .await
-                            .expect("deposit");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("client task");
-        }
-        (per_aggregate * aggregates) as f64 / started.elapsed().as_secs_f64()
-    }
-
-    /// The events the pipeline writes, one per command (each with a correlation id of its
-    /// own, as the core assigns one per command), for `clients` aggregates.
-    fn work(&self, clients: u64, commands: u64) -> Vec<(AggregateId, Vec<EventPage>)> {
-        let per_client = commands / clients;
-        (0..clients)
-            .map(|_| {
-                let pages = (0..per_client)
-                    .map(|sequence| deposited_page(sequence, &Uuid::new_v4().to_string()))
-                    .collect();
-                (account(Uuid::new_v4()), pages)
-            })
-            .collect()
-    }
-
-    /// The store alone: the pipeline's events appended one at a time with
-    /// `EventStore::append`, by `clients` concurrent tasks, each on an aggregate of its own.
-    async fn store_appends(&self, clients: u64, commands: u64) -> f64 {
-        let work = self.work(clients, commands);
-        let appended: u64 = work.iter().map(|(_, pages)| pages.len() as u64).sum();
-        let started = Instant::now();
-        let tasks: Vec<_> = work
-            .into_iter()
-            .map(|(aggregate, pages)| {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    for (sequence, page) in (0..).zip(pages) {
-                        store
-                            .append(&aggregate, Append::new(sequence, vec![page]))
-                            .await
-                            .expect("append");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("store task");
-        }
-        appended as f64 / started.elapsed().as_secs_f64()
+        let gateway = common::gateway(self.store.clone(), 100);
+        common::pipeline(&gateway, aggregates, commands, kind).await
     }
 
     /// What the store sends to append `page` to `aggregate` (one event, no request id, one
@@ -616,8 +505,7 @@ impl Bench {
     /// (so that the keys spread over a cluster's slots alike); otherwise exactly the store's
     /// requests.
     async fn raw_appends(&self, clients: u64, commands: u64, minimal: bool) -> f64 {
-        let work: Vec<Vec<RawAppend>> = self
-            .work(clients, commands)
+        let work: Vec<Vec<RawAppend>> = common::work(clients, commands)
             .into_iter()
             .map(|(aggregate, pages)| {
                 let root = aggregate.root();
@@ -669,26 +557,6 @@ impl Bench {
         appended as f64 / started.elapsed().as_secs_f64()
     }
 
-    /// One account with `events` deposits, appended by the store in large batches (one
-    /// correlation id per batch: the pages have the size of the pipeline's, and the history
-    /// does not cost a correlation set per event).
-    async fn history(&self, events: u64) -> AggregateId {
-        let aggregate = account(Uuid::new_v4());
-        let mut next = 0;
-        while next < events {
-            let correlation_id = Uuid::new_v4().to_string();
-            let batch: Vec<EventPage> = (next..(next + HISTORY_BATCH).min(events))
-                .map(|sequence| deposited_page(sequence, &correlation_id))
-                .collect();
-            next = self
-                .store
-                .append(&aggregate, Append::new(next, batch))
-                .await
-                .expect("append history");
-        }
-        aggregate
-    }
-
     /// The baseline: the store's events key read with one `ZRANGE`, each member decoded (and
     /// folded, if `fold`).
     async fn raw_read(&self, aggregate: &AggregateId, fold: bool) -> f64 {
@@ -719,7 +587,7 @@ impl Bench {
     /// command name: `MONITOR` on every node, counting the lines that name the run's keys and
     /// do not come from a script.
     async fn requests(&self, commands: u64, kind: Commands) -> BTreeMap<String, f64> {
-        let gateway = self.gateway(100);
+        let gateway = common::gateway(self.store.clone(), 100);
         let root = Uuid::new_v4();
         gateway
             .execute(command(root, &open("bench")))
