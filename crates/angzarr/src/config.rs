@@ -115,6 +115,8 @@ pub(crate) struct Limits {
     /// How far the clocks of the servers sharing a store may disagree (see `retry_on_conflict`
     /// in `proto/angzarr/v1/types.proto`).
     pub(crate) max_clock_skew_ms: u64,
+    /// How many commands queued on one busy aggregate are appended together (1: none).
+    pub(crate) max_group_commands: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +208,7 @@ impl Default for Limits {
             max_conflict_retries: core.max_conflict_retries,
             cached_events: core.cached_events,
             max_clock_skew_ms: core.max_clock_skew.as_millis() as u64,
+            max_group_commands: core.max_group_commands,
         }
     }
 }
@@ -370,6 +373,7 @@ impl Config {
         config.max_conflict_retries = self.limits.max_conflict_retries;
         config.cached_events = self.limits.cached_events;
         config.max_clock_skew = Duration::from_millis(self.limits.max_clock_skew_ms);
+        config.max_group_commands = self.limits.max_group_commands.max(1);
         config
     }
 }

@@ -18,6 +18,9 @@ use tracing::Instrument;
 use crate::CommandError;
 use crate::cache::HistoryCache;
 use crate::locks::AggregateLocks;
+use group::CommandQueues;
+
+mod group;
 
 /// Limits and policies of a [`Gateway`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub struct GatewayConfig {
     /// met a history cached here before that write, not a race: the command is decided again
     /// on the current state even without `retry_on_conflict`.
     pub max_clock_skew: std::time::Duration,
+    /// How many commands queued on one aggregate are decided one after another and appended
+    /// together, in one write (one fsync), when it is busy. Each keeps its own outcome; commands
+    /// with a `request_id` are always appended alone. 1 disables grouping.
+    pub max_group_commands: usize,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +61,7 @@ impl Default for GatewayConfig {
             max_id_len: 256,
             cached_events: 100_000,
             max_clock_skew: std::time::Duration::from_millis(500),
+            max_group_commands: 64,
         }
     }
 }
@@ -75,6 +83,8 @@ struct Inner {
     logic: HashMap<Domain, Arc<dyn ClientLogic>>,
     config: GatewayConfig,
     locks: AggregateLocks,
+    /// Commands waiting for a busy aggregate, to be decided and appended as a group.
+    queues: CommandQueues,
     cache: HistoryCache,
     /// The tighter of the gateway's and the store's limits, checked before appending.
     limits: StoreCapabilities,
@@ -118,6 +128,7 @@ impl GatewayBuilder {
             snapshots: self.snapshots,
             logic: self.logic,
             locks: AggregateLocks::default(),
+            queues: CommandQueues::default(),
             cache: HistoryCache::new(self.config.cached_events),
             config: self.config,
         };
@@ -276,6 +287,27 @@ impl Gateway {
             .logic
             .get(aggregate.domain())
             .ok_or_else(|| CommandError::UnknownDomain(aggregate.domain().to_string()))?;
+        if command.request_id.is_empty() && self.inner.config.max_group_commands > 1 {
+            // Released here unless nobody else wants the aggregate, so that the group that
+            // will decide this command can take it.
+            let alone = self
+                .inner
+                .locks
+                .try_lock(&aggregate)
+                .filter(|_| self.inner.queues.is_empty(&aggregate));
+            let Some(_one_at_a_time) = alone else {
+                // Busy: queued, to be decided with the others waiting.
+                return self
+                    .execute_grouped(aggregate, Arc::clone(logic), command)
+                    .await;
+            };
+            let command = Command {
+                book: &command,
+                request: None,
+                arrived: SystemTime::now(),
+            };
+            return self.run_alone(&aggregate, logic.as_ref(), command).await;
+        }
         let request = (!command.request_id.is_empty())
             .then(|| RequestKey::new(command.request_id.clone(), command_digest(&command)));
         let command = Command {
@@ -284,6 +316,17 @@ impl Gateway {
             arrived: SystemTime::now(),
         };
         let _one_at_a_time = self.inner.locks.lock(&aggregate).await;
+        self.run_alone(&aggregate, logic.as_ref(), command).await
+    }
+
+    /// Runs `command` by itself, holding the aggregate's lock: load, decide, append, and
+    /// again after a stale cache, an unusable snapshot, or a lost race it may retry.
+    async fn run_alone(
+        &self,
+        aggregate: &AggregateId,
+        logic: &dyn ClientLogic,
+        command: Command<'_>,
+    ) -> Result<CommandResponse, CommandError> {
         let mut retries_left = if command.book.retry_on_conflict {
             self.inner.config.max_conflict_retries
         } else {
@@ -291,10 +334,7 @@ impl Gateway {
         };
         let mut source = Source::Cache;
         loop {
-            match self
-                .attempt(&aggregate, logic.as_ref(), command, source)
-                .await
-            {
+            match self.attempt(aggregate, logic, command, source).await {
                 Attempt::Done(result) => return result,
                 // The command never saw the current state, so this is no lost race: decide
                 // again on a fresh load.
@@ -630,6 +670,11 @@ impl Gateway {
             sequence: last.sequence,
             state: Some(state),
         };
+        self.store_snapshot_at(aggregate, snapshot).await;
+    }
+
+    /// Stores `snapshot`, whose events are appended; a failure is logged, as above.
+    async fn store_snapshot_at(&self, aggregate: &AggregateId, snapshot: Snapshot) {
         if let Err(error) = self.inner.snapshots.put(aggregate, snapshot).await {
             tracing::warn!(%error, "could not store the snapshot; the next load replays more events");
         }

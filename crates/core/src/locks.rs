@@ -46,6 +46,20 @@ impl AggregateLocks {
         guard.held = Some(Arc::clone(&guard.slot).lock_owned().await);
         guard
     }
+
+    /// The aggregate's lock if nobody holds or awaits it, without waiting.
+    pub(crate) fn try_lock(&self, aggregate: &AggregateId) -> Option<AggregateGuard<'_>> {
+        let slot = Arc::clone(self.slots().entry(aggregate.clone()).or_default());
+        let mut guard = AggregateGuard {
+            locks: self,
+            aggregate: aggregate.clone(),
+            slot,
+            held: None,
+        };
+        // Dropping the unheld guard on failure releases the slot as a cancelled wait does.
+        guard.held = Some(Arc::clone(&guard.slot).try_lock_owned().ok()?);
+        Some(guard)
+    }
 }
 
 impl Drop for AggregateGuard<'_> {

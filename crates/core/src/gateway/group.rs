@@ -1,0 +1,435 @@
+//! Commands queued on a busy aggregate, decided one after another and appended together.
+//!
+//! Without grouping, commands waiting for one aggregate each pay their own append (and fsync):
+//! a hot aggregate runs at the rate of one client. Here the commands that queued while it was
+//! busy are decided in arrival order, each against the state the previous ones leave, and
+//! their events go to the store in one append at the sequence the group loaded. Each command
+//! keeps its own outcome: a rejected or failed one fails alone and changes nothing for the
+//! others, `expected_sequence` is checked against the state just before that command, and the
+//! answer carries only that command's events. Commands with a `request_id` never join a group
+//! (an append carries one request key, which would claim the others' events).
+//!
+//! The group runs in a task of its own, so that a client going away cannot cancel the
+//! decisions of the others; a command whose client went away before its turn is skipped.
+//! Anything unusual (a load that fails, an unreadable snapshot, a store limit, an expected
+//! sequence met on a cached history) hands every command of the group back to the one-by-one
+//! path, which handles it as before.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use angzarr_ports::{AggregateId, ClientLogic, ClientLogicError, EventStoreError};
+use angzarr_proto::v1::{
+    CommandBook, CommandResponse, ContextualCommand, EventBook, EventPage, EventsEmitted, Snapshot,
+};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::{Command, Gateway, LoadedAggregate, Source, accepted_events, backoff, response};
+use crate::CommandError;
+
+type Reply = oneshot::Sender<Result<CommandResponse, CommandError>>;
+
+/// A command waiting for its aggregate.
+struct Queued {
+    book: CommandBook,
+    arrived: SystemTime,
+    reply: Reply,
+    retries_left: u32,
+}
+
+/// The commands waiting for each busy aggregate, in arrival order.
+#[derive(Default)]
+pub(super) struct CommandQueues {
+    queues: Mutex<HashMap<AggregateId, VecDeque<Queued>>>,
+}
+
+impl CommandQueues {
+    fn queues(&self) -> MutexGuard<'_, HashMap<AggregateId, VecDeque<Queued>>> {
+        // Every operation leaves the map consistent before it could panic.
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn is_empty(&self, aggregate: &AggregateId) -> bool {
+        !self.queues().contains_key(aggregate)
+    }
+
+    fn push(&self, aggregate: &AggregateId, queued: Queued) {
+        self.queues()
+            .entry(aggregate.clone())
+            .or_default()
+            .push_back(queued);
+    }
+
+    /// Up to `max` waiting commands of `aggregate`, oldest first.
+    fn take(&self, aggregate: &AggregateId, max: usize) -> Vec<Queued> {
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(aggregate) else {
+            return Vec::new();
+        };
+        let taken: Vec<Queued> = queue.drain(..max.min(queue.len())).collect();
+        if queue.is_empty() {
+            queues.remove(aggregate);
+        }
+        taken
+    }
+}
+
+/// What became of one command of a group attempt.
+enum Decision {
+    /// Its events are `range` of the group's batch.
+    Appended(Range<usize>),
+    /// Its outcome, which appends nothing.
+    Answered(Result<CommandResponse, CommandError>),
+    /// Its client went away before its turn: not decided.
+    Skipped,
+}
+
+/// How one attempt at a group ended; each variant but `OneByOne` covers the first `decided`
+/// commands, the rest forming the next group.
+enum GroupAttempt {
+    Done {
+        decisions: Vec<Decision>,
+        batch: Vec<EventPage>,
+    },
+    /// The store's answer to the append is unknown.
+    Unknown {
+        decisions: Vec<Decision>,
+        error: String,
+    },
+    /// Another writer appended since the load.
+    LostRace {
+        decided: usize,
+        expected: u64,
+        actual: u64,
+        /// Whether the group was decided on a cached history.
+        from_cache: bool,
+    },
+    /// The cached history was not current and nothing was appended: decide again on a load.
+    Reload,
+    /// Something the group does not handle: every command goes the one-by-one way.
+    OneByOne,
+}
+
+impl Gateway {
+    /// Queues `command` behind the others waiting for `aggregate` and answers its outcome once
+    /// a group has decided it.
+    pub(super) async fn execute_grouped(
+        &self,
+        aggregate: AggregateId,
+        logic: Arc<dyn ClientLogic>,
+        command: CommandBook,
+    ) -> Result<CommandResponse, CommandError> {
+        let (reply, outcome) = oneshot::channel();
+        let retries_left = if command.retry_on_conflict {
+            self.inner.config.max_conflict_retries
+        } else {
+            0
+        };
+        self.inner.queues.push(
+            &aggregate,
+            Queued {
+                book: command,
+                arrived: SystemTime::now(),
+                reply,
+                retries_left,
+            },
+        );
+        // Every queued command starts a drain: whichever takes the lock first decides all that
+        // are waiting, the later ones find their commands answered.
+        let gateway = self.clone();
+        let drain = async move {
+            let _one_at_a_time = gateway.inner.locks.lock(&aggregate).await;
+            let max = gateway.inner.config.max_group_commands;
+            let group = gateway.inner.queues.take(&aggregate, max);
+            gateway.run_group(&aggregate, logic.as_ref(), group).await;
+        };
+        tokio::spawn(drain.in_current_span());
+        outcome.await.unwrap_or_else(|_| {
+            Err(ClientLogicError::Failed(
+                "the group deciding this command stopped before answering (a panic)".into(),
+            )
+            .into())
+        })
+    }
+
+    /// Decides `group` (held under the aggregate's lock) and answers each command.
+    async fn run_group(
+        &self,
+        aggregate: &AggregateId,
+        logic: &dyn ClientLogic,
+        group: Vec<Queued>,
+    ) {
+        let mut group: Vec<Queued> = group;
+        let mut source = Source::Cache;
+        let mut lost = 0;
+        loop {
+            group.retain(|queued| !queued.reply.is_closed());
+            if group.len() <= 1 {
+                for queued in group {
+                    self.answer_alone(aggregate, logic, queued).await;
+                }
+                return;
+            }
+            match self.attempt_group(aggregate, logic, &group, source).await {
+                GroupAttempt::Done { decisions, batch } => {
+                    let rest = group.split_off(decisions.len());
+                    for (queued, decision) in group.into_iter().zip(decisions) {
+                        let outcome = match decision {
+                            Decision::Appended(range) => {
+                                Ok(response(queued.book.cover, batch[range].to_vec(), false))
+                            }
+                            Decision::Answered(outcome) => outcome,
+                            Decision::Skipped => continue,
+                        };
+                        let _ = queued.reply.send(outcome);
+                    }
+                    // Those that did not fit in the store's batch: the next group, on the
+                    // state just cached.
+                    group = rest;
+                    source = Source::Cache;
+                }
+                GroupAttempt::Unknown { decisions, error } => {
+                    let rest = group.split_off(decisions.len());
+                    let mut after_events = false;
+                    for (queued, decision) in group.into_iter().zip(decisions) {
+                        // Decided on a state that holds events of unknown fate: unknown too.
+                        after_events |= matches!(decision, Decision::Appended(_));
+                        let outcome = match decision {
+                            Decision::Skipped => continue,
+                            Decision::Answered(outcome) if !after_events => outcome,
+                            _ => Err(CommandError::OutcomeUnknown {
+                                idempotent: false,
+                                source: error.clone().into(),
+                            }),
+                        };
+                        let _ = queued.reply.send(outcome);
+                    }
+                    // The stream's end is unknown too: the rest go one by one, which reloads.
+                    for queued in rest {
+                        self.answer_alone(aggregate, logic, queued).await;
+                    }
+                    return;
+                }
+                GroupAttempt::LostRace {
+                    decided,
+                    expected,
+                    actual,
+                    from_cache,
+                } => {
+                    let rest = group.split_off(decided);
+                    let mut again = Vec::with_capacity(decided + rest.len());
+                    for mut queued in group {
+                        // As for a command alone: a cached history decided nothing, and a
+                        // command that may retry does; the others lost a race.
+                        let stale = from_cache
+                            && (queued.book.retry_on_conflict
+                                || self
+                                    .written_before_arrival(
+                                        aggregate,
+                                        self::command(&queued),
+                                        expected..actual,
+                                    )
+                                    .await);
+                        if stale {
+                            again.push(queued);
+                        } else if queued.retries_left > 0 {
+                            queued.retries_left -= 1;
+                            again.push(queued);
+                        } else {
+                            let _ = queued
+                                .reply
+                                .send(Err(CommandError::Conflict { expected, actual }));
+                        }
+                    }
+                    if !from_cache {
+                        lost += 1;
+                        tokio::time::sleep(backoff(lost)).await;
+                    }
+                    again.extend(rest);
+                    group = again;
+                    source = Source::Store;
+                }
+                GroupAttempt::Reload => source = Source::Store,
+                GroupAttempt::OneByOne => {
+                    for queued in group {
+                        self.answer_alone(aggregate, logic, queued).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decides `queued` alone, as a command that never waited would be.
+    async fn answer_alone(&self, aggregate: &AggregateId, logic: &dyn ClientLogic, queued: Queued) {
+        if queued.reply.is_closed() {
+            return;
+        }
+        let outcome = self.run_alone(aggregate, logic, command(&queued)).await;
+        let _ = queued.reply.send(outcome);
+    }
+
+    /// One round: load, decide each command in turn, append every event in one batch.
+    async fn attempt_group(
+        &self,
+        aggregate: &AggregateId,
+        logic: &dyn ClientLogic,
+        group: &[Queued],
+        source: Source,
+    ) -> GroupAttempt {
+        let Ok((history, from_cache)) = self.history(aggregate, source).await else {
+            return GroupAttempt::OneByOne;
+        };
+        // Whether a client's expected sequence missed because of a stale cache takes a check
+        // of its own: the one-by-one path makes it.
+        if from_cache
+            && group
+                .iter()
+                .any(|queued| queued.book.expected_sequence.is_some())
+        {
+            self.inner.cache.insert(aggregate, history);
+            return GroupAttempt::OneByOne;
+        }
+        let kept = self
+            .inner
+            .cache
+            .would_keep(&history)
+            .then(|| history.clone());
+        let store_batch = self.inner.events.capabilities().max_batch_len;
+        let start = history.next_sequence;
+        let mut next = start;
+        // What the next command is handed: the latest state, and the events not folded in it.
+        let mut snapshot = history.snapshot;
+        let mut unfolded = history.pages;
+        let mut persisted: Option<Snapshot> = None;
+        let mut batch: Vec<EventPage> = Vec::new();
+        let mut decisions = Vec::with_capacity(group.len());
+        for queued in group {
+            if queued.reply.is_closed() {
+                decisions.push(Decision::Skipped);
+                continue;
+            }
+            let cover = queued.book.cover.clone();
+            if let Some(expected) = queued.book.expected_sequence.filter(|e| *e != next) {
+                decisions.push(Decision::Answered(Err(CommandError::Conflict {
+                    expected,
+                    actual: next,
+                })));
+                continue;
+            }
+            let contextual = ContextualCommand {
+                events: Some(EventBook {
+                    cover: cover.clone(),
+                    snapshot: snapshot.clone(),
+                    pages: unfolded.clone(),
+                }),
+                command: Some(queued.book.clone()),
+            };
+            let emitted = match logic.handle(contextual).await {
+                Ok(reply) => accepted_events(reply),
+                Err(ClientLogicError::InvalidSnapshot(_) | ClientLogicError::InvalidHistory(_))
+                    if snapshot.is_some() =>
+                {
+                    // The one-by-one path drops the snapshot and replays the events.
+                    return GroupAttempt::OneByOne;
+                }
+                Err(error) => Err(error.into()),
+            };
+            let EventsEmitted {
+                mut pages,
+                snapshot_state,
+                state,
+            } = match emitted {
+                Ok(emitted) if !emitted.pages.is_empty() => emitted,
+                outcome => {
+                    let outcome = outcome.map(|_| response(cover, Vec::new(), false));
+                    decisions.push(Decision::Answered(outcome));
+                    continue;
+                }
+            };
+            if let Err(error) = self.check_events(&mut pages, next, cover.as_ref()) {
+                decisions.push(Decision::Answered(Err(error)));
+                continue;
+            }
+            if store_batch.is_some_and(|max| batch.len() + pages.len() > max) && !batch.is_empty() {
+                // Past what one append may carry: this one and the rest form the next group.
+                break;
+            }
+            let last = pages.last().map_or(next, |page| page.sequence);
+            next += pages.len() as u64;
+            match snapshot_state.clone().or(state) {
+                Some(state) => {
+                    snapshot = Some(Snapshot {
+                        sequence: last,
+                        state: Some(state),
+                    });
+                    unfolded.clear();
+                }
+                None => unfolded.extend(pages.iter().cloned()),
+            }
+            if let Some(state) = snapshot_state {
+                persisted = Some(Snapshot {
+                    sequence: last,
+                    state: Some(state),
+                });
+            }
+            decisions.push(Decision::Appended(batch.len()..batch.len() + pages.len()));
+            batch.extend(pages);
+        }
+        if batch.is_empty() {
+            if from_cache && self.is_stale(aggregate, start).await {
+                return GroupAttempt::Reload;
+            }
+            if let Some(kept) = kept {
+                self.inner.cache.insert(aggregate, kept);
+            }
+            return GroupAttempt::Done { decisions, batch };
+        }
+        match self.append_resolving(aggregate, start, &batch, None).await {
+            Ok(_) => {}
+            Err(EventStoreError::OutcomeUnknown(error)) => {
+                return GroupAttempt::Unknown {
+                    decisions,
+                    error: error.to_string(),
+                };
+            }
+            Err(EventStoreError::Conflict { expected, actual }) => {
+                return GroupAttempt::LostRace {
+                    decided: decisions.len(),
+                    expected,
+                    actual,
+                    from_cache,
+                };
+            }
+            // A store limit the batch broke as a whole (a transaction's bytes), an outage:
+            // each command meets it alone, with its own error.
+            Err(_) => return GroupAttempt::OneByOne,
+        }
+        if let Some(persisted) = persisted {
+            self.store_snapshot_at(aggregate, persisted).await;
+        }
+        self.inner.cache.insert(
+            aggregate,
+            LoadedAggregate {
+                snapshot,
+                pages: unfolded,
+                next_sequence: next,
+            },
+        );
+        GroupAttempt::Done { decisions, batch }
+    }
+}
+
+/// A queued command as the one-by-one path takes it.
+fn command(queued: &Queued) -> Command<'_> {
+    Command {
+        book: &queued.book,
+        request: None,
+        arrived: queued.arrived,
+    }
+}
