@@ -23,6 +23,11 @@ use uuid::Uuid;
 const WARMUP: usize = 20_000;
 const SAMPLES: usize = 200_000;
 
+/// `cargo bench` passes `--bench`; `cargo test --benches` runs a few calls: a smoke test.
+fn measuring() -> bool {
+    std::env::args().any(|arg| arg == "--bench")
+}
+
 fn main() {
     let path = std::env::var_os("ANGZARR_TEST_GO_FIXTURE_LIB")
         .expect("ANGZARR_TEST_GO_FIXTURE_LIB is not set: run `cargo xtask go build`");
@@ -76,10 +81,15 @@ fn contextual(domain: &str) -> ContextualCommand {
 }
 
 fn report(name: &str, mut call: impl FnMut()) {
-    for _ in 0..WARMUP {
+    let (warmup, samples) = if measuring() {
+        (WARMUP, SAMPLES)
+    } else {
+        (10, 100)
+    };
+    for _ in 0..warmup {
         call();
     }
-    let mut samples: Vec<Duration> = (0..SAMPLES)
+    let mut samples: Vec<Duration> = (0..samples)
         .map(|_| {
             let start = Instant::now();
             call();

@@ -296,7 +296,9 @@ impl ClientLogic for GoLogic {
                 if call.swap(DONE, Ordering::AcqRel) == ABANDONED {
                     stuck.fetch_sub(1, Ordering::AcqRel);
                 }
-                let _ = reply.send(result);
+                Box::new(move || {
+                    let _ = reply.send(result);
+                }) as pool::Deliver
             }
         };
         self.library.pool.execute(Box::new(job)).map_err(|error| {

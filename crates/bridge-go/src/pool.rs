@@ -10,7 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A call: runs on a pool thread and answers what delivers its result, which the thread calls
+/// once it is back on the idle list, so that a caller answered at once finds it there.
+pub(crate) type Job = Box<dyn FnOnce() -> Deliver + Send>;
+/// Hands a finished call's result to its caller.
+pub(crate) type Deliver = Box<dyn FnOnce() + Send>;
 
 /// How long an idle thread waits for a call before it ends.
 const IDLE_EXIT: Duration = Duration::from_secs(60);
@@ -68,8 +72,11 @@ impl Pool {
 fn serve(idle: &Mutex<Vec<Arc<Worker>>>, mut job: Job) {
     let me = Arc::new(Worker::default());
     loop {
-        job();
+        let deliver = job();
+        // Idle before the caller hears back: a caller that sends its next call at once must
+        // find this thread, not start another.
         lock(idle).push(Arc::clone(&me));
+        deliver();
         let spin = Instant::now();
         while !me.given.load(Ordering::Acquire) && spin.elapsed() < SPIN {
             std::hint::spin_loop();

@@ -126,10 +126,12 @@ fn measure(target: &str, command: &ContextualCommand, multi_thread: bool, calls:
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument, if any, selects cases by name.
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    // `cargo test --benches` (no `--bench`) runs a few calls per case: a smoke test.
+    let measuring = std::env::args().any(|arg| arg == "--bench");
     let calls: usize = std::env::var("ROUND_TRIP_CALLS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(if measuring { 20_000 } else { 100 });
     let dir = tempfile::tempdir().unwrap();
     let bank: Arc<dyn ClientLogic> = Arc::new(angzarr_example_bank::logic(0));
     let empty: Arc<dyn ClientLogic> = Arc::new(Empty);
