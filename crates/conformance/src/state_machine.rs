@@ -119,6 +119,10 @@ enum Op {
         expected: Expected,
         events: Vec<NewEvent>,
         correlation: usize,
+        /// Another correlation id for every other event of the batch, as a batch of several
+        /// commands (the core's group of a busy aggregate's queue) has: runs of ids, an id in
+        /// two runs.
+        interleaved: Option<usize>,
         request: Option<usize>,
     },
     /// Many one-event appends in a row, so that streams grow long and reads far from 0.
@@ -238,8 +242,8 @@ fn op() -> impl Strategy<Value = Op> {
     let ids = 0..IDS;
     let limit = prop_oneof![Just(LimitKind::BatchLen), Just(LimitKind::EventBytes)];
     prop_oneof![
-        12 => (target(), expected, prop::collection::vec(new_event(), 0..6), ids.clone(), prop::option::of(ids.clone()))
-            .prop_map(|(at, expected, events, correlation, request)| Op::Append { at, expected, events, correlation, request }),
+        12 => (target(), expected, prop::collection::vec(new_event(), 0..6), ids.clone(), prop::option::weighted(0.25, ids.clone()), prop::option::of(ids.clone()))
+            .prop_map(|(at, expected, events, correlation, interleaved, request)| Op::Append { at, expected, events, correlation, interleaved, request }),
         1 => (target(), 20usize..120, ids.clone())
             .prop_map(|(at, count, correlation)| Op::AppendRun { at, count, correlation }),
         1 => (target(), limit, any::<bool>()).prop_map(|(at, limit, over)| Op::AppendAtLimit { at, limit, over }),
@@ -281,6 +285,7 @@ fn edges(limits: &StoreCapabilities) -> Vec<Op> {
         expected: Expected::Correct,
         events: vec![event.clone(), event.clone()],
         correlation: 0,
+        interleaved: None,
         request: None,
     }];
     for huge in 0..HUGE.len() {
@@ -300,6 +305,7 @@ fn edges(limits: &StoreCapabilities) -> Vec<Op> {
                 expected: Expected::Huge(huge),
                 events: vec![event.clone()],
                 correlation: 0,
+                interleaved: None,
                 request: None,
             },
             Op::PutSnapshot {
@@ -377,6 +383,23 @@ impl<H: Harness> Run<'_, H> {
             .collect()
     }
 
+    /// [`Self::pages`], with every other event under `interleaved`'s id if set.
+    fn interleaved_pages(
+        &self,
+        first: u64,
+        events: &[NewEvent],
+        correlation: usize,
+        interleaved: Option<usize>,
+    ) -> Vec<EventPage> {
+        let mut pages = self.pages(first, events, correlation);
+        if let Some(other) = interleaved {
+            for page in pages.iter_mut().skip(1).step_by(2) {
+                self.ids[other].clone_into(&mut page.correlation_id);
+            }
+        }
+        pages
+    }
+
     /// A request key for an id, whose digest also depends on where the append goes: several
     /// appends with one id carry different digests, and only the first one's must come back.
     fn request(&self, request: usize, expected_sequence: u64) -> RequestKey {
@@ -405,6 +428,7 @@ impl<H: Harness> Run<'_, H> {
                 expected,
                 events,
                 correlation,
+                interleaved,
                 request,
             } => {
                 let aggregate = self.aggregate(*at);
@@ -417,7 +441,12 @@ impl<H: Harness> Run<'_, H> {
                 };
                 let append = Append {
                     expected_sequence,
-                    events: self.pages(expected_sequence, events, *correlation),
+                    events: self.interleaved_pages(
+                        expected_sequence,
+                        events,
+                        *correlation,
+                        *interleaved,
+                    ),
                     request: request.map(|request| self.request(request, expected_sequence)),
                 };
                 self.same_append(op, &aggregate, append).await
