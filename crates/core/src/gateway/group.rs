@@ -103,7 +103,7 @@ enum GroupAttempt {
     },
     /// Another writer appended since the load.
     LostRace {
-        decided: usize,
+        decisions: Vec<Decision>,
         expected: u64,
         actual: u64,
         /// Whether the group was decided on a cached history.
@@ -150,10 +150,12 @@ impl Gateway {
         };
         tokio::spawn(drain.in_current_span());
         outcome.await.unwrap_or_else(|_| {
-            Err(ClientLogicError::Failed(
-                "the group deciding this command stopped before answering (a panic)".into(),
-            )
-            .into())
+            // A panic in the group's task, perhaps after its append: nothing says whether
+            // this command's events were stored.
+            Err(CommandError::OutcomeUnknown {
+                idempotent: false,
+                source: "the group deciding this command stopped before answering (a panic)".into(),
+            })
         })
     }
 
@@ -216,14 +218,25 @@ impl Gateway {
                     return;
                 }
                 GroupAttempt::LostRace {
-                    decided,
+                    decisions,
                     expected,
                     actual,
                     from_cache,
                 } => {
-                    let rest = group.split_off(decided);
-                    let mut again = Vec::with_capacity(decided + rest.len());
-                    for mut queued in group {
+                    let rest = group.split_off(decisions.len());
+                    let mut again = Vec::with_capacity(group.len() + rest.len());
+                    let mut after_events = false;
+                    for (mut queued, decision) in group.into_iter().zip(decisions) {
+                        after_events |= matches!(decision, Decision::Appended(_));
+                        // Decided before any event of the group, on a history loaded from
+                        // the store, an answer that appends nothing stands, as alone.
+                        if let Decision::Answered(outcome) = decision
+                            && !after_events
+                            && !from_cache
+                        {
+                            let _ = queued.reply.send(outcome);
+                            continue;
+                        }
                         // As for a command alone: a cached history decided nothing, and a
                         // command that may retry does; the others lost a race.
                         let stale = from_cache
@@ -400,7 +413,7 @@ impl Gateway {
             }
             Err(EventStoreError::Conflict { expected, actual }) => {
                 return GroupAttempt::LostRace {
-                    decided: decisions.len(),
+                    decisions,
                     expected,
                     actual,
                     from_cache,
