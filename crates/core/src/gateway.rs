@@ -306,7 +306,10 @@ impl Gateway {
                 request: None,
                 arrived: SystemTime::now(),
             };
-            return self.run_alone(&aggregate, logic.as_ref(), command).await;
+            let retries = self.retries(&command);
+            return self
+                .run_alone(&aggregate, logic.as_ref(), command, retries)
+                .await;
         }
         let request = (!command.request_id.is_empty())
             .then(|| RequestKey::new(command.request_id.clone(), command_digest(&command)));
@@ -316,22 +319,30 @@ impl Gateway {
             arrived: SystemTime::now(),
         };
         let _one_at_a_time = self.inner.locks.lock(&aggregate).await;
-        self.run_alone(&aggregate, logic.as_ref(), command).await
+        let retries = self.retries(&command);
+        self.run_alone(&aggregate, logic.as_ref(), command, retries)
+            .await
+    }
+
+    /// How many lost races a command may retry after.
+    fn retries(&self, command: &Command<'_>) -> u32 {
+        if command.book.retry_on_conflict {
+            self.inner.config.max_conflict_retries
+        } else {
+            0
+        }
     }
 
     /// Runs `command` by itself, holding the aggregate's lock: load, decide, append, and
-    /// again after a stale cache, an unusable snapshot, or a lost race it may retry.
+    /// again after a stale cache, an unusable snapshot, or a lost race it may retry
+    /// (`retries_left` more).
     async fn run_alone(
         &self,
         aggregate: &AggregateId,
         logic: &dyn ClientLogic,
         command: Command<'_>,
+        mut retries_left: u32,
     ) -> Result<CommandResponse, CommandError> {
-        let mut retries_left = if command.book.retry_on_conflict {
-            self.inner.config.max_conflict_retries
-        } else {
-            0
-        };
         let mut source = Source::Cache;
         loop {
             match self.attempt(aggregate, logic, command, source).await {

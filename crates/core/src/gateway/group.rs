@@ -89,6 +89,30 @@ enum Decision {
     Skipped,
 }
 
+/// How a group's append failed, for each command it concerns.
+enum Failure {
+    Unknown(String),
+    Corrupt(String),
+    Internal(String),
+}
+
+impl Failure {
+    fn error(&self) -> CommandError {
+        match self {
+            Failure::Unknown(message) => CommandError::OutcomeUnknown {
+                idempotent: false,
+                source: message.clone().into(),
+            },
+            Failure::Corrupt(message) => {
+                CommandError::Store(EventStoreError::Corrupt(message.clone()))
+            }
+            Failure::Internal(message) => {
+                CommandError::Store(EventStoreError::Internal(message.clone().into()))
+            }
+        }
+    }
+}
+
 /// How one attempt at a group ended; each variant but `OneByOne` covers the first `decided`
 /// commands, the rest forming the next group.
 enum GroupAttempt {
@@ -96,10 +120,12 @@ enum GroupAttempt {
         decisions: Vec<Decision>,
         batch: Vec<EventPage>,
     },
-    /// The store's answer to the append is unknown.
-    Unknown {
+    /// The append failed in a way that may have applied it (its outcome is unknown, or the
+    /// store failed otherwise): `failure` says how, for every command it concerns.
+    Failed {
         decisions: Vec<Decision>,
-        error: String,
+        failure: Failure,
+        from_cache: bool,
     },
     /// Another writer appended since the load.
     LostRace {
@@ -195,24 +221,32 @@ impl Gateway {
                     group = rest;
                     source = Source::Cache;
                 }
-                GroupAttempt::Unknown { decisions, error } => {
-                    let rest = group.split_off(decisions.len());
+                GroupAttempt::Failed {
+                    decisions,
+                    failure,
+                    from_cache,
+                } => {
+                    let mut rest = group.split_off(decisions.len());
                     let mut after_events = false;
+                    let mut again = Vec::new();
                     for (queued, decision) in group.into_iter().zip(decisions) {
-                        // Decided on a state that holds events of unknown fate: unknown too.
+                        // Decided on a state that holds events of unknown fate: the same fate.
                         after_events |= matches!(decision, Decision::Appended(_));
                         let outcome = match decision {
                             Decision::Skipped => continue,
+                            // Appended nothing, on a history that may be stale: decided again.
+                            Decision::Answered(_) if !after_events && from_cache => {
+                                again.push(queued);
+                                continue;
+                            }
                             Decision::Answered(outcome) if !after_events => outcome,
-                            _ => Err(CommandError::OutcomeUnknown {
-                                idempotent: false,
-                                source: error.clone().into(),
-                            }),
+                            _ => Err(failure.error()),
                         };
                         let _ = queued.reply.send(outcome);
                     }
                     // The stream's end is unknown too: the rest go one by one, which reloads.
-                    for queued in rest {
+                    again.append(&mut rest);
+                    for queued in again {
                         self.answer_alone(aggregate, logic, queued).await;
                     }
                     return;
@@ -225,20 +259,30 @@ impl Gateway {
                 } => {
                     let rest = group.split_off(decisions.len());
                     let mut again = Vec::with_capacity(group.len() + rest.len());
-                    let mut after_events = false;
+                    let mut seen_events = false;
                     for (mut queued, decision) in group.into_iter().zip(decisions) {
-                        after_events |= matches!(decision, Decision::Appended(_));
-                        // Decided before any event of the group, on a history loaded from
-                        // the store, an answer that appends nothing stands, as alone.
-                        if let Decision::Answered(outcome) = decision
-                            && !after_events
-                            && !from_cache
-                        {
-                            let _ = queued.reply.send(outcome);
-                            continue;
+                        let appended = matches!(decision, Decision::Appended(_));
+                        // Alone, only the first command to append met the other writer: those
+                        // queued behind it would have loaded after it.
+                        let first_to_append = appended && !seen_events;
+                        let after_events = seen_events;
+                        seen_events |= appended;
+                        match decision {
+                            Decision::Skipped => continue,
+                            // Decided before any event of the group, on a history loaded from
+                            // the store, an answer that appends nothing stands, as alone.
+                            Decision::Answered(outcome) if !after_events && !from_cache => {
+                                let _ = queued.reply.send(outcome);
+                                continue;
+                            }
+                            _ if !first_to_append => {
+                                again.push(queued);
+                                continue;
+                            }
+                            _ => {}
                         }
-                        // As for a command alone: a cached history decided nothing, and a
-                        // command that may retry does; the others lost a race.
+                        // The race rule, as for a command alone: a cached history decided
+                        // nothing, and a command that may retry does; otherwise it lost.
                         let stale = from_cache
                             && (queued.book.retry_on_conflict
                                 || self
@@ -283,7 +327,9 @@ impl Gateway {
         if queued.reply.is_closed() {
             return;
         }
-        let outcome = self.run_alone(aggregate, logic, command(&queued)).await;
+        let outcome = self
+            .run_alone(aggregate, logic, command(&queued), queued.retries_left)
+            .await;
         let _ = queued.reply.send(outcome);
     }
 
@@ -406,9 +452,11 @@ impl Gateway {
         match self.append_resolving(aggregate, start, &batch, None).await {
             Ok(_) => {}
             Err(EventStoreError::OutcomeUnknown(error)) => {
-                return GroupAttempt::Unknown {
+                let failure = Failure::Unknown(error.to_string());
+                return GroupAttempt::Failed {
                     decisions,
-                    error: error.to_string(),
+                    failure,
+                    from_cache,
                 };
             }
             Err(EventStoreError::Conflict { expected, actual }) => {
@@ -419,9 +467,31 @@ impl Gateway {
                     from_cache,
                 };
             }
-            // A store limit the batch broke as a whole (a transaction's bytes), an outage:
-            // each command meets it alone, with its own error.
-            Err(_) => return GroupAttempt::OneByOne,
+            // Nothing was applied (the contract of these errors): a store limit the batch broke
+            // as a whole (a transaction's bytes), an outage. Each command meets it alone.
+            Err(
+                EventStoreError::LimitExceeded { .. }
+                | EventStoreError::InvalidArgument(_)
+                | EventStoreError::Unavailable(_),
+            ) => return GroupAttempt::OneByOne,
+            // Anything else may have been applied: as alone, its commands are told it failed,
+            // and none is decided again.
+            Err(EventStoreError::Corrupt(message)) => {
+                let failure = Failure::Corrupt(message);
+                return GroupAttempt::Failed {
+                    decisions,
+                    failure,
+                    from_cache,
+                };
+            }
+            Err(other) => {
+                let failure = Failure::Internal(other.to_string());
+                return GroupAttempt::Failed {
+                    decisions,
+                    failure,
+                    from_cache,
+                };
+            }
         }
         if let Some(persisted) = persisted {
             self.store_snapshot_at(aggregate, persisted).await;
