@@ -43,11 +43,18 @@ struct Queued {
 /// The commands waiting for each busy aggregate, in arrival order.
 #[derive(Default)]
 pub(super) struct CommandQueues {
-    queues: Mutex<HashMap<AggregateId, VecDeque<Queued>>>,
+    queues: Mutex<HashMap<AggregateId, Queue>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Queued>,
+    /// Whether a drain that has not taken its group yet is on its way: it will take these.
+    drain_pending: bool,
 }
 
 impl CommandQueues {
-    fn queues(&self) -> MutexGuard<'_, HashMap<AggregateId, VecDeque<Queued>>> {
+    fn queues(&self) -> MutexGuard<'_, HashMap<AggregateId, Queue>> {
         // Every operation leaves the map consistent before it could panic.
         self.queues
             .lock()
@@ -58,24 +65,33 @@ impl CommandQueues {
         !self.queues().contains_key(aggregate)
     }
 
-    fn push(&self, aggregate: &AggregateId, queued: Queued) {
-        self.queues()
-            .entry(aggregate.clone())
-            .or_default()
-            .push_back(queued);
+    /// Queues `queued`; answers whether a drain must be started for it (none is on its way).
+    fn push(&self, aggregate: &AggregateId, queued: Queued) -> bool {
+        let mut queues = self.queues();
+        let queue = queues.entry(aggregate.clone()).or_default();
+        queue.waiting.push_back(queued);
+        !std::mem::replace(&mut queue.drain_pending, true)
     }
 
-    /// Up to `max` waiting commands of `aggregate`, oldest first.
-    fn take(&self, aggregate: &AggregateId, max: usize) -> Vec<Queued> {
+    /// Up to `max` waiting commands of `aggregate`, oldest first, for the pending drain; if
+    /// some are left, answers true: the caller must see to them (another drain).
+    fn take(&self, aggregate: &AggregateId, max: usize) -> (Vec<Queued>, bool) {
         let mut queues = self.queues();
         let Some(queue) = queues.get_mut(aggregate) else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
-        let taken: Vec<Queued> = queue.drain(..max.min(queue.len())).collect();
-        if queue.is_empty() {
+        let taken: Vec<Queued> = queue
+            .waiting
+            .drain(..max.min(queue.waiting.len()))
+            .collect();
+        let left = !queue.waiting.is_empty();
+        // Commands queued from now on start a drain of their own, unless some are left, for
+        // which the caller starts one.
+        queue.drain_pending = left;
+        if !left {
             queues.remove(aggregate);
         }
-        taken
+        (taken, left)
     }
 }
 
@@ -156,25 +172,17 @@ impl Gateway {
         } else {
             0
         };
-        self.inner.queues.push(
-            &aggregate,
-            Queued {
-                book: command,
-                arrived: SystemTime::now(),
-                reply,
-                retries_left,
-            },
-        );
-        // Every queued command starts a drain: whichever takes the lock first decides all that
-        // are waiting, the later ones find their commands answered.
-        let gateway = self.clone();
-        let drain = async move {
-            let _one_at_a_time = gateway.inner.locks.lock(&aggregate).await;
-            let max = gateway.inner.config.max_group_commands;
-            let group = gateway.inner.queues.take(&aggregate, max);
-            gateway.run_group(&aggregate, logic.as_ref(), group).await;
+        let queued = Queued {
+            book: command,
+            arrived: SystemTime::now(),
+            reply,
+            retries_left,
         };
-        tokio::spawn(drain.in_current_span());
+        // One drain on its way per busy aggregate: it takes the lock, then every command
+        // queued by then.
+        if self.inner.queues.push(&aggregate, queued) {
+            self.spawn_drain(aggregate, logic);
+        }
         outcome.await.unwrap_or_else(|_| {
             // A panic in the group's task, perhaps after its append: nothing says whether
             // this command's events were stored.
@@ -183,6 +191,22 @@ impl Gateway {
                 source: "the group deciding this command stopped before answering (a panic)".into(),
             })
         })
+    }
+
+    /// Starts the task that takes the aggregate's lock, then decides what is queued on it.
+    fn spawn_drain(&self, aggregate: AggregateId, logic: Arc<dyn ClientLogic>) {
+        let gateway = self.clone();
+        let drain = async move {
+            let _one_at_a_time = gateway.inner.locks.lock(&aggregate).await;
+            let max = gateway.inner.config.max_group_commands;
+            let (group, left) = gateway.inner.queues.take(&aggregate, max);
+            if left {
+                // Queued behind the lock, which this drain holds until its group is done.
+                gateway.spawn_drain(aggregate.clone(), Arc::clone(&logic));
+            }
+            gateway.run_group(&aggregate, logic.as_ref(), group).await;
+        };
+        tokio::spawn(drain.in_current_span());
     }
 
     /// Decides `group` (held under the aggregate's lock) and answers each command.
