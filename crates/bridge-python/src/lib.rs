@@ -5,12 +5,13 @@ mod pool;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use angzarr_ports::{ClientLogic, ClientLogicError, async_trait};
 use angzarr_proto::v1::{BusinessReply, ContextualCommand};
 use pyo3::prelude::*;
 use pyo3::types::PyAnyMethods;
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::pool::{Call, Job, Pool};
@@ -239,6 +240,18 @@ impl ClientLogic for PythonLogic {
                 call: call.clone(),
                 slot,
             });
+            // A small handler answers within microseconds, about what waking a sleeping task
+            // costs on a multi-threaded runtime: look for the answer for a moment, yielding to
+            // the runtime's other tasks in between (never blocking it), before sleeping.
+            let mut answer = answer;
+            let started = Instant::now();
+            while started.elapsed() < POLL_FOR {
+                match answer.try_recv() {
+                    Ok(result) => return result,
+                    Err(TryRecvError::Closed) => break,
+                    Err(TryRecvError::Empty) => tokio::task::yield_now().await,
+                }
+            }
             answer.await.unwrap_or_else(|_| {
                 Err(ClientLogicError::Failed(
                     "the Python worker dropped the call".into(),
@@ -256,6 +269,9 @@ impl ClientLogic for PythonLogic {
         }
     }
 }
+
+/// How long a caller looks for the answer, yielding, before it sleeps until woken.
+const POLL_FOR: Duration = Duration::from_micros(20);
 
 impl Drop for PythonLogic {
     fn drop(&mut self) {
