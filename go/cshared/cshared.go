@@ -71,7 +71,10 @@ func angzarr_handle(snapshotEvery C.uint64_t, command *C.uint8_t, commandLen C.s
 	}
 	// Read in place: the host keeps the buffer alive for the call, and proto.Unmarshal
 	// copies what it keeps (strings and bytes), so nothing refers to it afterwards.
-	input := unsafe.Slice((*byte)(unsafe.Pointer(command)), int(commandLen))
+	var input []byte
+	if commandLen > 0 { // never a slice over a host placeholder pointer
+		input = unsafe.Slice((*byte)(unsafe.Pointer(command)), int(commandLen))
+	}
 	s, r := handler(input, angzarr.Options{SnapshotEvery: uint64(snapshotEvery)})
 	reply = r
 	return C.int32_t(s)

@@ -28,6 +28,12 @@ type HandleFn = unsafe extern "C" fn(
 ) -> i32;
 type FreeFn = unsafe extern "C" fn(buffer: *mut u8);
 
+/// Why a library was refused, and whether opening it started a Go runtime (which stays).
+pub(crate) struct Refusal {
+    pub(crate) error: LoadError,
+    pub(crate) go_runtime: bool,
+}
+
 /// A loaded library and its checked entry points.
 pub(crate) struct Abi {
     handle: HandleFn,
@@ -38,17 +44,25 @@ pub(crate) struct Abi {
 
 impl Abi {
     /// Loads `path`, resolves the three symbols and checks the ABI version.
-    pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, Refusal> {
         let path_buf = || PathBuf::from(path);
         // SAFETY: loading runs the library's initialisers: for a Go library, the Go runtime's
         // start and the packages' init functions. Running the operator's chosen library is the
         // point of this crate (the trust boundary of all in-process logic); a library that is
         // not an angzarr one is detected below, before any of its functions is called.
-        let library =
-            unsafe { Library::new(path.as_os_str()) }.map_err(|error| LoadError::Open {
+        let library = unsafe { Library::new(path.as_os_str()) }.map_err(|error| Refusal {
+            error: LoadError::Open {
                 path: path_buf(),
                 message: describe(&error),
-            })?;
+            },
+            go_runtime: false,
+        })?;
+        // Every cgo library exports it: its Go runtime started when it was opened, and stays
+        // (Go libraries cannot be unloaded), refused or not.
+        // SAFETY: only the symbol's presence is read; nothing is called or dereferenced.
+        let go_runtime =
+            unsafe { library.get::<*const ()>(b"_cgo_get_context_function\0") }.is_ok();
+        let refuse = |error| Refusal { error, go_runtime };
         let missing = |symbol: &'static str| {
             move |error: libloading::Error| LoadError::MissingSymbol {
                 path: path_buf(),
@@ -60,22 +74,25 @@ impl Abi {
         // across versions so that the version itself can always be read.
         let version: AbiVersionFn =
             *unsafe { library.get::<AbiVersionFn>(b"angzarr_abi_version\0") }
-                .map_err(missing("angzarr_abi_version"))?;
+                .map_err(missing("angzarr_abi_version"))
+                .map_err(refuse)?;
         // SAFETY: a function taking no arguments and returning a u32, per the ABI.
         let found = unsafe { version() };
         if found != ABI_VERSION {
-            return Err(LoadError::AbiVersion {
+            return Err(refuse(LoadError::AbiVersion {
                 path: path_buf(),
                 found,
                 expected: ABI_VERSION,
-            });
+            }));
         }
         // SAFETY: the signatures of ABI version 1, which the library has just declared it speaks.
         let handle: HandleFn = *unsafe { library.get::<HandleFn>(b"angzarr_handle\0") }
-            .map_err(missing("angzarr_handle"))?;
+            .map_err(missing("angzarr_handle"))
+            .map_err(refuse)?;
         // SAFETY: as above.
         let free: FreeFn = *unsafe { library.get::<FreeFn>(b"angzarr_free\0") }
-            .map_err(missing("angzarr_free"))?;
+            .map_err(missing("angzarr_free"))
+            .map_err(refuse)?;
         Ok(Self {
             handle,
             free,
@@ -93,19 +110,19 @@ impl Abi {
     ) -> R {
         let mut out: *mut u8 = std::ptr::null_mut();
         let mut out_len: usize = 0;
-        // SAFETY: `command` is valid for reads of `command.len()` bytes for the whole call and
-        // the library keeps no reference to it afterwards (ABI contract); `out` and `out_len`
-        // are valid for writes. The library's functions are safe to call from any thread,
-        // concurrently (cgo gives each calling thread its own Go context).
-        let status = unsafe {
-            (self.handle)(
-                snapshot_every,
-                command.as_ptr(),
-                command.len(),
-                &mut out,
-                &mut out_len,
-            )
+        // An empty slice's pointer is a placeholder (0x1), which Go's stack copier rejects as
+        // an invalid pointer should it sit in a growing goroutine stack: null instead.
+        let input = if command.is_empty() {
+            std::ptr::null()
+        } else {
+            command.as_ptr()
         };
+        // SAFETY: `input` is null with a length of 0, or valid for reads of `command.len()`
+        // bytes for the whole call; the library keeps no reference to it afterwards (ABI
+        // contract); `out` and `out_len` are valid for writes. The library's functions are safe to call from any thread,
+        // concurrently (cgo gives each calling thread its own Go context).
+        let status =
+            unsafe { (self.handle)(snapshot_every, input, command.len(), &mut out, &mut out_len) };
         if out.is_null() {
             return read(status, &[]);
         }

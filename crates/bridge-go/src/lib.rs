@@ -80,7 +80,16 @@ pub struct GoLibrary {
 }
 
 /// The library loaded in this process, if any.
-static LOADED: Mutex<Option<Arc<GoLibrary>>> = Mutex::new(None);
+static LOADED: Mutex<Loaded> = Mutex::new(Loaded::Nothing);
+
+/// What this process loaded: a Go runtime, once started, stays.
+enum Loaded {
+    Nothing,
+    Library(Arc<GoLibrary>),
+    /// Opened (its Go runtime and init functions ran) and then refused (wrong ABI version,
+    /// missing symbol): another library would start a second runtime.
+    Refused(PathBuf),
+}
 
 impl GoLibrary {
     /// Loads the library at `path` and checks its ABI, or returns the library already loaded
@@ -95,22 +104,35 @@ impl GoLibrary {
         // is kept as it is.
         let requested = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(library) = loaded.as_ref() {
-            return if library.path == requested {
-                Ok(Arc::clone(library))
-            } else {
-                Err(LoadError::AnotherLibrary {
-                    loaded: library.path.clone(),
-                    requested,
-                })
-            };
+        let other = match &*loaded {
+            Loaded::Library(library) if library.path == requested => {
+                return Ok(Arc::clone(library));
+            }
+            Loaded::Library(library) => Some(&library.path),
+            Loaded::Refused(path) if *path != requested => Some(path),
+            Loaded::Refused(_) | Loaded::Nothing => None,
+        };
+        if let Some(other) = other {
+            return Err(LoadError::AnotherLibrary {
+                loaded: other.clone(),
+                requested,
+            });
         }
+        let abi = match ffi::Abi::open(&requested) {
+            Ok(abi) => abi,
+            Err(refusal) => {
+                if refusal.go_runtime {
+                    *loaded = Loaded::Refused(requested);
+                }
+                return Err(refusal.error);
+            }
+        };
         let library = Arc::new(Self {
-            abi: ffi::Abi::open(&requested)?,
+            abi,
             path: requested,
             pool: pool::Pool::default(),
         });
-        *loaded = Some(Arc::clone(&library));
+        *loaded = Loaded::Library(Arc::clone(&library));
         Ok(library)
     }
 
@@ -141,12 +163,19 @@ impl GoLibrary {
         self.abi
             .call(snapshot_every, &command.encode_to_vec(), |status, bytes| {
                 status_result(status, bytes)?;
-                BusinessReply::decode(bytes).map_err(|error| {
+                let reply = BusinessReply::decode(bytes).map_err(|error| {
                     ClientLogicError::InvalidReply(format!(
                         "{}: not an encoded BusinessReply: {error}",
                         self.path.display()
                     ))
-                })
+                })?;
+                if reply.outcome.is_none() {
+                    return Err(ClientLogicError::InvalidReply(format!(
+                        "{}: a reply with neither events nor a rejection",
+                        self.path.display()
+                    )));
+                }
+                Ok(reply)
             })
     }
 }
@@ -173,6 +202,9 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// The default of [`GoLogic::max_stuck_calls`].
 pub const DEFAULT_MAX_STUCK_CALLS: usize = 16;
 
+/// The default of [`GoLogic::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
 /// Client logic in a Go library, as [`ClientLogic`]: one domain's view of a [`GoLibrary`]
 /// (its snapshot interval, deadline and bound on stuck calls).
 ///
@@ -188,6 +220,10 @@ pub struct GoLogic {
     deadline: Duration,
     max_stuck: usize,
     stuck: Arc<AtomicUsize>,
+    max_in_flight: usize,
+    /// Calls handed to a thread and not returned from Go yet, past deadlines or not: each
+    /// holds a thread (and a Go thread), which Go caps for the whole process.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl GoLogic {
@@ -205,6 +241,8 @@ impl GoLogic {
             deadline: DEFAULT_DEADLINE,
             max_stuck: DEFAULT_MAX_STUCK_CALLS,
             stuck: Arc::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            in_flight: Arc::default(),
         }
     }
 
@@ -226,6 +264,15 @@ impl GoLogic {
     /// refused with [`ClientLogicError::Unavailable`].
     pub fn max_stuck_calls(mut self, calls: usize) -> Self {
         self.max_stuck = calls;
+        self
+    }
+
+    /// How many calls may be in Go at once (each on a thread of its own) before commands are
+    /// refused with [`ClientLogicError::Unavailable`]: a handler that hangs before any call
+    /// has passed its deadline must not start a thread per command (Go aborts the process
+    /// past 10,000 threads).
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls;
         self
     }
 
@@ -277,6 +324,14 @@ impl ClientLogic for GoLogic {
                 self.library.path.display()
             )));
         }
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ClientLogicError::Unavailable(format!(
+                "{} calls into {} are in progress already",
+                self.max_in_flight,
+                self.library.path.display()
+            )));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let call = Arc::new(AtomicU8::new(RUNNING));
         let job = {
@@ -284,6 +339,7 @@ impl ClientLogic for GoLogic {
             let snapshot_every = self.snapshot_every;
             let call = Arc::clone(&call);
             let stuck = Arc::clone(&self.stuck);
+            let in_flight = Arc::clone(&self.in_flight);
             move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     library.decide(snapshot_every, &command)
@@ -296,14 +352,18 @@ impl ClientLogic for GoLogic {
                 if call.swap(DONE, Ordering::AcqRel) == ABANDONED {
                     stuck.fetch_sub(1, Ordering::AcqRel);
                 }
+                in_flight.fetch_sub(1, Ordering::AcqRel);
                 Box::new(move || {
                     let _ = reply.send(result);
                 }) as pool::Deliver
             }
         };
-        self.library.pool.execute(Box::new(job)).map_err(|error| {
-            ClientLogicError::Unavailable(format!("cannot start a thread for a Go call: {error}"))
-        })?;
+        if let Err(error) = self.library.pool.execute(Box::new(job)) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ClientLogicError::Unavailable(format!(
+                "cannot start a thread for a Go call: {error}"
+            )));
+        }
         let _abandon = Abandon {
             call,
             stuck: Arc::clone(&self.stuck),

@@ -270,6 +270,34 @@ fn stuck_calls_time_out_then_are_bounded_and_other_domains_keep_serving() {
 }
 
 #[test]
+fn calls_in_go_are_bounded_before_any_deadline_passes() {
+    // A handler that hangs, a long deadline: nothing is stuck yet, but each call holds a
+    // thread; past the bound, commands are refused at once instead of starting more.
+    let hangs = Arc::new(
+        GoLogic::new(fixture())
+            .deadline(Duration::from_secs(60))
+            .max_in_flight(3),
+    );
+    runtime().block_on(async {
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let hangs = Arc::clone(&hangs);
+                tokio::spawn(async move { hangs.handle(to("fault-hangs")).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Err(ClientLogicError::Unavailable(message)) = hangs.handle(to("fault-hangs")).await
+        else {
+            panic!("the bound on calls in flight must refuse the command");
+        };
+        assert!(message.contains("3 calls"), "{message}");
+        for call in calls {
+            call.abort();
+        }
+    });
+}
+
+#[test]
 fn concurrent_calls_from_many_threads_all_answer() {
     let logic = Arc::new(GoLogic::new(fixture()));
     runtime().block_on(async {

@@ -178,17 +178,20 @@ impl Call {
 
     /// Raises `DeadlineExceeded` in the handler, if it still runs.
     fn raise_deadline(&self, py: Python<'_>) {
+        // Made (or found) before the lock: making it the first time may release the GIL,
+        // and a handler finishing meanwhile would wait for the lock while holding the GIL.
+        // Without the class (it could not be made) there is no interruption: the call still
+        // timed out.
+        let Ok(class) = deadline_exceeded(py) else {
+            return;
+        };
         let mut phase = self.phase();
         // The GIL and this lock are held, and `finish` takes both: the handler is still
         // between `start` and `finish`, so the exception can only go off in it (or be
         // withdrawn by `finish`).
         if let (Some(thread), false, false) = (phase.thread, phase.done, phase.interrupted) {
-            // Without the class (it could not be made) there is no interruption: the call
-            // still timed out.
-            if let Ok(class) = deadline_exceeded(py) {
-                set_async_exc(py, thread, Some(class.as_any()));
-                phase.interrupted = true;
-            }
+            set_async_exc(py, thread, Some(class.as_any()));
+            phase.interrupted = true;
         }
     }
 }

@@ -66,6 +66,9 @@ impl Pool {
             let pool = self.clone();
             let started = std::thread::Builder::new()
                 .name("angzarr-python".into())
+                // CPython sizes its recursion limits for the usual 8 MiB main stack, not
+                // Rust's 2 MiB default for threads.
+                .stack_size(8 << 20)
                 .spawn(move || worker(&pool));
             if let Err(error) = started {
                 queue.threads -= 1;

@@ -127,12 +127,7 @@ macro_rules! bridge_suite {
 
 /// Runs `property` against `harness` on a fresh multi-threaded runtime.
 pub fn run<H: BridgeHarness, F: AsyncFnOnce(&H)>(harness: H, property: F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime");
-    runtime.block_on(property(&harness));
+    crate::runtime().block_on(property(&harness));
 }
 
 /// The bank's command type, under the URL every protobuf runtime packs it with.

@@ -55,12 +55,16 @@ pub trait Harness: Send + Sync + 'static {
 /// Runs `property` against `harness` on a fresh multi-threaded runtime: what each test of
 /// [`store_suite!`] does.
 pub fn run<H: Harness, F: AsyncFnOnce(&H)>(harness: H, property: F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    runtime().block_on(property(&harness));
+}
+
+/// The runtime each property runs on: several workers, so that racing tasks really race.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
-        .expect("cannot start the tokio runtime");
-    runtime.block_on(property(&harness));
+        .expect("cannot start the tokio runtime")
 }
 
 /// A fresh namespace name.
