@@ -28,7 +28,7 @@ use bigtable_rs::google::bigtable::v2::{
     CheckAndMutateRowRequest, ColumnRange, Mutation, ReadRowsRequest, RowFilter, RowSet,
     ValueRange, column_range, mutation, row_filter, value_range,
 };
-use common::{Commands, append_rows, rebuild_rows, rotate};
+use common::{Commands, rebuild_rows};
 use prost::Message;
 use uuid::Uuid;
 
@@ -53,8 +53,7 @@ async fn run(quick: bool) {
     let bench = Bench::open().await;
     let scale = |n: u64| if quick { (n / 20).max(64) } else { n };
     let runs = if quick { 1 } else { RUNS };
-    let mut rows = Vec::new();
-    for (figure, clients, commands) in [
+    let plan = [
         (
             "commands/s, one client, 1 event per command",
             1,
@@ -65,21 +64,18 @@ async fn run(quick: bool) {
             CONCURRENT_AGGREGATES,
             scale(CONCURRENT_COMMANDS),
         ),
-    ] {
-        let bench = &bench;
-        let rates = rotate(
-            runs,
-            vec![
-                Box::new(move || Box::pin(bench.pipeline(clients, commands))),
-                Box::new(move || Box::pin(common::store_appends(&bench.store, clients, commands))),
-                Box::new(move || Box::pin(bench.raw_appends(clients, commands))),
-            ],
-        )
-        .await;
-        let rates = rates.try_into().expect("three variants");
-        let baseline = format!("raw CheckAndMutateRow, {clients} client(s)");
-        rows.extend(append_rows(figure, rates, &baseline));
-    }
+    ];
+    let mut rows = common::append_figures(
+        runs,
+        &plan,
+        [
+            &|clients, commands| Box::pin(bench.pipeline(clients, commands)),
+            &|clients, commands| Box::pin(common::store_appends(&bench.store, clients, commands)),
+            &|clients, commands| Box::pin(bench.raw_appends(clients, commands)),
+        ],
+        "raw CheckAndMutateRow",
+    )
+    .await;
 
     let events = scale(REBUILD_EVENTS);
     let aggregate = common::history(bench.store.as_ref(), events, HISTORY_BATCH).await;

@@ -40,7 +40,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, PutRequest, TransactWriteItem, WriteRequest};
-use common::{Commands, append_rows, rebuild_rows, rotate};
+use common::{Commands, rebuild_rows};
 use prost::Message;
 use uuid::Uuid;
 
@@ -63,8 +63,7 @@ async fn run(quick: bool) {
     let bench = Bench::open().await;
     let scale = |n: u64| if quick { (n / 20).max(64) } else { n };
     let runs = if quick { 1 } else { RUNS };
-    let mut rows = Vec::new();
-    for (figure, clients, commands) in [
+    let plan = [
         (
             "commands/s, one client, 1 event per command",
             1,
@@ -75,21 +74,18 @@ async fn run(quick: bool) {
             CONCURRENT_AGGREGATES,
             scale(CONCURRENT_COMMANDS),
         ),
-    ] {
-        let bench = &bench;
-        let rates = rotate(
-            runs,
-            vec![
-                Box::new(move || Box::pin(bench.pipeline(clients, commands))),
-                Box::new(move || Box::pin(bench.store_appends(clients, commands))),
-                Box::new(move || Box::pin(bench.raw_appends(clients, commands))),
-            ],
-        )
-        .await;
-        let rates = rates.try_into().expect("three variants");
-        let baseline = format!("raw TransactWriteItems, {clients} client(s)");
-        rows.extend(append_rows(figure, rates, &baseline));
-    }
+    ];
+    let mut rows = common::append_figures(
+        runs,
+        &plan,
+        [
+            &|clients, commands| Box::pin(bench.pipeline(clients, commands)),
+            &|clients, commands| Box::pin(bench.store_appends(clients, commands)),
+            &|clients, commands| Box::pin(bench.raw_appends(clients, commands)),
+        ],
+        "raw TransactWriteItems",
+    )
+    .await;
 
     let events = if quick { 500 } else { REBUILD_EVENTS };
     let (store, namespace) = bench.fresh_store().await;

@@ -219,6 +219,40 @@ pub(crate) fn append_rows(
     ]
 }
 
+/// One way of appending a workload, `(clients, commands)` to its rate in commands per second.
+pub(crate) type Appender<'a> = &'a dyn Fn(u64, u64) -> Pin<Box<dyn Future<Output = f64> + 'a>>;
+
+/// The append figures of a store's benchmark: `plan` lists each figure (its name, clients,
+/// commands); each is measured through the core (`pipeline`), the store alone (`store`) and the
+/// raw client (`raw`, described by `baseline` with its number of clients), taking turns,
+/// `runs` times, and each rate is the median.
+pub(crate) async fn append_figures<'a>(
+    runs: usize,
+    plan: &[(&str, u64, u64)],
+    [pipeline, store, raw]: [Appender<'a>; 3],
+    baseline: &str,
+) -> Vec<Ratio> {
+    let mut rows = Vec::new();
+    for &(figure, clients, commands) in plan {
+        let rates = rotate(
+            runs,
+            vec![
+                Box::new(move || pipeline(clients, commands)),
+                Box::new(move || store(clients, commands)),
+                Box::new(move || raw(clients, commands)),
+            ],
+        )
+        .await;
+        let rates = rates.try_into().expect("three variants");
+        rows.extend(append_rows(
+            figure,
+            rates,
+            &format!("{baseline}, {clients} client(s)"),
+        ));
+    }
+    rows
+}
+
 /// The rebuild figures of an aggregate of `events` events: the gateway's rebuild (load,
 /// decode, fold) and load alone, against `raw_read` (answering its seconds; `true`: folding
 /// too), which `baseline` names. Runs take turns; each figure is the median of `runs`.
