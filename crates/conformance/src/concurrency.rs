@@ -6,7 +6,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use angzarr_ports::{
@@ -17,6 +17,24 @@ use prost_types::Any;
 use tokio::sync::Barrier;
 
 use crate::{Harness, namespace};
+
+/// Per aggregate of [`readers_see_whole_batches`]: appends done, readings in progress, and
+/// whether its writer holds its last batch.
+struct Progress {
+    appended: Vec<AtomicUsize>,
+    reading: Vec<AtomicUsize>,
+    held: Vec<AtomicBool>,
+}
+
+impl Progress {
+    fn new(aggregates: usize) -> Self {
+        Self {
+            appended: (0..aggregates).map(|_| AtomicUsize::new(0)).collect(),
+            reading: (0..aggregates).map(|_| AtomicUsize::new(0)).collect(),
+            held: (0..aggregates).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+}
 
 /// Readers (`read`, `next_sequence`, `find_by_correlation`, `find_by_request`) running while
 /// writers append batches of several events: a reader sees all of a batch or none of it.
@@ -44,29 +62,35 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
     );
     let barrier = Arc::new(Barrier::new(WRITERS + READERS));
     let writing = Arc::new(AtomicUsize::new(WRITERS));
-    // Appends done so far, and readings in progress: a reading overlapped a write if an append
-    // completed while it ran. A store whose reads are slower than its appends (an emulator)
-    // would see every write land before its first reading ends, so each writer holds its last
-    // batch until a reading is in progress.
-    let appended = Arc::new(AtomicUsize::new(0));
-    let reading = Arc::new(AtomicUsize::new(0));
+    // Per aggregate: appends done, readings in progress, and whether its writer holds its last
+    // batch. A reading overlapped a write if an append of its aggregate completed while it
+    // ran. Neither a store whose reads are slower than its appends (an emulator: every write
+    // lands before the first reading ends) nor one whose appends are too quick to be caught (the
+    // memory store) would reliably show one, so each writer holds its last batch until a reading
+    // of its aggregate is in progress, and that reading waits, after its first read, for the
+    // append to complete: its later reads see the other side of it.
+    let progress = Arc::new(Progress::new(WRITERS));
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (store, plans) = (Arc::clone(&store), Arc::clone(&plans));
             let (barrier, writing) = (Arc::clone(&barrier), Arc::clone(&writing));
-            let (appended, reading) = (Arc::clone(&appended), Arc::clone(&reading));
+            let progress = Arc::clone(&progress);
             tokio::spawn(async move {
                 let plan = &plans[writer];
                 barrier.wait().await;
                 for (index, batch) in plan.batches.iter().enumerate() {
-                    if index + 1 == plan.batches.len() {
+                    let last = index + 1 == plan.batches.len();
+                    if last {
+                        progress.held[writer].store(true, Ordering::SeqCst);
                         // Bounded, in case every reader is done or failed (a reader's panic is
                         // reported below).
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-                        while reading.load(Ordering::SeqCst) == 0
-                            && tokio::time::Instant::now() < deadline
-                        {
+                        while progress.reading[writer].load(Ordering::SeqCst) == 0 {
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "no reading of aggregate {writer} started in 120 s"
+                            );
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
@@ -78,7 +102,10 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
                         .await
                         .expect("an uncontended append failed");
                     assert_eq!(next, expected + BATCH_LEN as u64, "the new next sequence");
-                    appended.fetch_add(1, Ordering::SeqCst);
+                    progress.appended[writer].fetch_add(1, Ordering::SeqCst);
+                    if last {
+                        progress.held[writer].store(false, Ordering::SeqCst);
+                    }
                 }
                 writing.fetch_sub(1, Ordering::SeqCst);
             })
@@ -89,7 +116,7 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
         .map(|reader| {
             let (store, plans) = (Arc::clone(&store), Arc::clone(&plans));
             let (barrier, writing) = (Arc::clone(&barrier), Arc::clone(&writing));
-            let (appended, reading) = (Arc::clone(&appended), Arc::clone(&reading));
+            let progress = Arc::clone(&progress);
             tokio::spawn(async move {
                 barrier.wait().await;
                 let mut overlapped = 0;
@@ -97,15 +124,26 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
                     if writing.load(Ordering::SeqCst) == 0 {
                         break;
                     }
-                    let plan = &plans[(round + reader) % WRITERS];
+                    let index = (round + reader) % WRITERS;
+                    let plan = &plans[index];
+                    let appended = &progress.appended[index];
                     let before = appended.load(Ordering::SeqCst);
-                    reading.fetch_add(1, Ordering::SeqCst);
-                    let between_writes = plan.check_a_reading(&*store, BATCH_LEN).await;
-                    reading.fetch_sub(1, Ordering::SeqCst);
-                    // An append completed while it ran, or it found the stream half written
-                    // (a fast store's reads fall between its appends).
-                    let during = appended.load(Ordering::SeqCst) != before;
-                    overlapped += usize::from(during || between_writes);
+                    progress.reading[index].fetch_add(1, Ordering::SeqCst);
+                    let straddle = async {
+                        // The writer holds its last batch for this reading: let it land
+                        // between this reading's first read and the others.
+                        if progress.held[index].load(Ordering::SeqCst) {
+                            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                            while appended.load(Ordering::SeqCst) == before
+                                && tokio::time::Instant::now() < deadline
+                            {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                    };
+                    plan.check_a_reading(&*store, BATCH_LEN, straddle).await;
+                    progress.reading[index].fetch_sub(1, Ordering::SeqCst);
+                    overlapped += usize::from(appended.load(Ordering::SeqCst) != before);
                     // A store whose reads never yield would otherwise keep this worker thread
                     // for all its rounds, and the writers would wait for the readers.
                     tokio::task::yield_now().await;
@@ -127,12 +165,12 @@ pub async fn readers_see_whole_batches<H: Harness>(harness: &H) {
             Err(error) => std::panic::resume_unwind(error.into_panic()),
         }
     }
-    // A property none of whose readings ran among the writes checked nothing. Each writer
-    // holds its last batch until a reading is in progress, which then finds the stream half
-    // written, however fast the store.
+    // A property none of whose readings ran across a write checked nothing: each writer's
+    // held last batch must have completed during a reading of its aggregate.
     assert!(
-        overlapped > 0,
-        "no reading overlapped the writes: the property checked nothing"
+        overlapped >= WRITERS,
+        "only {overlapped} readings ran across an append, expected one per writer at least: \
+         the property checked too little"
     );
     for plan in plans.iter() {
         let stream = store
@@ -367,9 +405,14 @@ impl Plan {
     }
 
     /// One round of a reader: every kind of read, aimed at the batch most likely in flight.
-    /// Checks one reading of the stream while it is written; answers whether it found the
-    /// stream between two of its writes (neither empty nor whole).
-    async fn check_a_reading<S: EventStore + ?Sized>(&self, store: &S, len: usize) -> bool {
+    /// Checks one reading of the stream while it is written, awaiting `after_first_read`
+    /// between its first read and the others.
+    async fn check_a_reading<S: EventStore + ?Sized>(
+        &self,
+        store: &S,
+        len: usize,
+        after_first_read: impl Future<Output = ()>,
+    ) {
         let aggregate = &self.aggregate;
         let stream = self.stream();
         let whole = |end: usize| end.is_multiple_of(len) && end <= stream.len();
@@ -379,6 +422,7 @@ impl Plan {
             whole(next),
             "next_sequence of {aggregate} is {next}: part of a batch of {len} is visible"
         );
+        after_first_read.await;
         let read = store.read_all(aggregate).await.expect("read a stream");
         assert!(
             whole(read.len()) && read == stream[..read.len()],
@@ -422,7 +466,6 @@ impl Plan {
             "find_by_request of batch {index} of {aggregate} saw part of a batch (or foreign \
              events): {record:?}"
         );
-        next > 0 && next < stream.len()
     }
 }
 
