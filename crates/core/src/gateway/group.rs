@@ -230,10 +230,14 @@ impl Gateway {
             match self.attempt_group(aggregate, logic, &group, source).await {
                 GroupAttempt::Done { decisions, batch } => {
                     let rest = group.split_off(decisions.len());
+                    // The ranges follow one another in batch order: each answer takes its own
+                    // events out of the batch, uncopied.
+                    let mut events = batch.into_iter();
                     for (queued, decision) in group.into_iter().zip(decisions) {
                         let outcome = match decision {
                             Decision::Appended(range) => {
-                                Ok(response(queued.book.cover, batch[range].to_vec(), false))
+                                let pages = events.by_ref().take(range.len()).collect();
+                                Ok(response(queued.book.cover, pages, false))
                             }
                             Decision::Answered(outcome) => outcome,
                             Decision::Skipped => continue,
@@ -378,11 +382,6 @@ impl Gateway {
             self.inner.cache.insert(aggregate, history);
             return GroupAttempt::OneByOne;
         }
-        let kept = self
-            .inner
-            .cache
-            .would_keep(&history)
-            .then(|| history.clone());
         let store_batch = self.inner.events.capabilities().max_batch_len;
         let start = history.next_sequence;
         let mut next = start;
@@ -468,9 +467,14 @@ impl Gateway {
             if from_cache && self.is_stale(aggregate, start).await {
                 return GroupAttempt::Reload;
             }
-            if let Some(kept) = kept {
-                self.inner.cache.insert(aggregate, kept);
-            }
+            // Nothing appended: the history handed to the next command is the one loaded
+            // (the cache drops it if it is too long to keep).
+            let history = LoadedAggregate {
+                snapshot,
+                pages: unfolded,
+                next_sequence: start,
+            };
+            self.inner.cache.insert(aggregate, history);
             return GroupAttempt::Done { decisions, batch };
         }
         match self.append_resolving(aggregate, start, &batch, None).await {
