@@ -20,9 +20,6 @@ use crate::{project_root, run_status, services::venv_install};
 /// The protoc-gen-go release, the same as the `google.golang.org/protobuf` runtime in the
 /// `go.mod` files.
 const PROTOC_GEN_GO: &str = "google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12";
-/// protoc, as `python -m grpc_tools.protoc`: the pin of `python::PACKAGES`, since both install
-/// into the one project virtualenv (another pin would reinstall it back and forth).
-const GRPCIO_TOOLS: &str = "grpcio-tools==1.85.1";
 
 /// The Go libraries: (file in `target/go/`, Go package directory, variable the tests read).
 const LIBRARIES: &[(&str, &str, &str)] = &[
@@ -155,7 +152,7 @@ pub(crate) fn test() -> Result<()> {
 /// Regenerates the committed `.pb.go` files from the `.proto` files.
 pub(crate) fn generate() -> Result<()> {
     let root = project_root();
-    let python = venv_install("go-protoc", &[GRPCIO_TOOLS])?;
+    let python = venv_install("go-protoc", &[crate::python::GRPCIO_TOOLS])?;
     let bin = root.join("target").join("go-bin");
     run_status(
         go()?
@@ -165,9 +162,8 @@ pub(crate) fn generate() -> Result<()> {
     )?;
     for &(include, proto, out, module, package) in GENERATED {
         run_status(
-            Command::new(&python)
-                .current_dir(&root)
-                .args(["-m", "grpc_tools.protoc", "-I", include])
+            crate::python::protoc(&python)
+                .args(["-I", include])
                 .arg(format!(
                     "--plugin=protoc-gen-go={}",
                     bin.join("protoc-gen-go").display()

@@ -20,8 +20,21 @@ use crate::{project_root, run_status, services};
 /// protobuf and grpcio as the Python client of the end-to-end tests, which shares the
 /// virtualenv). protobuf must be at least the version of the generated code (7.35 for
 /// grpcio-tools 1.85's protoc).
-pub(crate) const PACKAGES: &[&str] =
-    &["protobuf==7.36.2", "grpcio==1.85.3", "grpcio-tools==1.85.1"];
+pub(crate) const PACKAGES: &[&str] = &["protobuf==7.36.2", "grpcio==1.85.3", GRPCIO_TOOLS];
+
+/// protoc, run as `python -m grpc_tools.protoc` ([`protoc`]) for the Python and the Go code:
+/// one pin, since both install into the one project virtualenv.
+pub(crate) const GRPCIO_TOOLS: &str = "grpcio-tools==1.85.1";
+
+/// grpcio-tools' protoc, run by `python` from the project root: the caller adds the
+/// include path, the outputs and the `.proto` files.
+pub(crate) fn protoc(python: &Path) -> Command {
+    let mut command = Command::new(python);
+    command
+        .current_dir(project_root())
+        .args(["-m", "grpc_tools.protoc"]);
+    command
+}
 
 /// The variable naming the virtualenv's `site-packages`, which the bridge's tests and bench
 /// add to the embedded interpreter's `sys.path`.
@@ -60,11 +73,6 @@ pub(crate) fn prepare() -> Result<Vec<(&'static str, String)>> {
         generate(&python, generation)?;
     }
     Ok(vec![(SITE_PACKAGES_VARIABLE, site_packages(&python)?)])
-}
-
-/// [`prepare`], as `cargo xtask test` calls it before the bridge's tests.
-pub(crate) fn prepare_for_tests() -> Result<Vec<(&'static str, String)>> {
-    prepare()
 }
 
 /// `cargo xtask python`: [`prepare`], then the variables as `export KEY=value` lines (for
@@ -107,10 +115,8 @@ fn generate(python: &Path, generation: &Generation) -> Result<()> {
     fs::create_dir_all(&scratch)
         .with_context(|| format!("could not create {}", scratch.display()))?;
     let protoc = |extra: &[String], protos: &[&str]| {
-        let mut command = Command::new(python);
+        let mut command = protoc(python);
         command
-            .current_dir(&root)
-            .args(["-m", "grpc_tools.protoc"])
             .arg(format!("-I{}", generation.include))
             .args(extra)
             .args(

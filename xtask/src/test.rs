@@ -123,7 +123,7 @@ pub(crate) const BACKENDS: &[Backend] = &[
         // In-process, and the same Python served out of process through the gRPC bridge.
         suites: &["bridge_conformance", "grpc::bridge_conformance"],
         property: BRIDGE_PROPERTY,
-        prepare: Some(crate::python::prepare_for_tests),
+        prepare: Some(crate::python::prepare),
     },
     Backend {
         name: "bridge-go",
