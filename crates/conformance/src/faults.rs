@@ -152,6 +152,20 @@ async fn relay(mut client: TcpStream, mut server: TcpStream, shared: &Shared) {
     }
 }
 
+/// A loopback listener that accepts connections and never answers a byte (until the task is
+/// aborted): what a store must not wait on forever, at open or at a request.
+pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,21 +43,6 @@ fn emulator_addr() -> SocketAddr {
         .expect("the emulator is at a numeric host:port")
 }
 
-/// A listener that accepts connections and never answers.
-async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acknowledgement_is_an_unknown_outcome() {
     let proxy = FaultyProxy::start(emulator_addr())
@@ -160,7 +145,7 @@ async fn lost_acknowledgement_is_an_unknown_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_endpoint_fails_open_within_the_connect_timeout() {
-    let (silent, task) = silent_server().await;
+    let (silent, task) = angzarr_conformance::faults::silent_server().await;
     // Opening needs an answer: a silent endpoint fails open within the connect timeout.
     let config = common::config_at(&silent.to_string(), &angzarr_conformance::namespace())
         .with_create_if_missing(false)

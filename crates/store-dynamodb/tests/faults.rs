@@ -75,21 +75,6 @@ fn closed_port() -> SocketAddr {
         .expect("a free port")
 }
 
-/// A listener that accepts connections and never answers.
-async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (addr, task)
-}
-
 /// Runs `work` with every request cut, after it reaches the server (`after`) or before: the
 /// cut is armed before `work` starts, and again every millisecond, which the store's retries of
 /// a transaction (10 ms apart at least) cannot slip through. (The SDK's own retries of reads
@@ -144,7 +129,7 @@ async fn a_wrong_endpoint_fails_open_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_endpoint_fails_open_within_the_timeouts() {
-    let (silent, task) = silent_server().await;
+    let (silent, task) = angzarr_conformance::faults::silent_server().await;
     let config = quick(&format!("http://{silent}"), "silent")
         .with_connect_timeout(Duration::from_secs(1))
         .with_operation_timeout(Duration::from_secs(1));
