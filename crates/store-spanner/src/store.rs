@@ -288,18 +288,18 @@ impl SpannerStore {
     async fn try_append(
         &self,
         aggregate: &AggregateId,
-        expected: u64,
-        events: Vec<Mutation>,
+        append: &Append,
         new_end: i64,
     ) -> Result<u64, EventStoreError> {
+        let expected = append.expected_sequence;
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let status = match self
-                .append_once(aggregate, expected, &events, new_end)
-                .await
-            {
+            // Encoded per attempt, into the transaction's own buffer: the first attempt, the
+            // one that nearly always commits, copies nothing.
+            let events = event_mutations(self.ns(), aggregate, append);
+            let status = match self.append_once(aggregate, expected, events, new_end).await {
                 Attempt::Done(result) => return result,
                 Attempt::Aborted(status) => status,
             };
@@ -327,7 +327,7 @@ impl SpannerStore {
         &self,
         aggregate: &AggregateId,
         expected: u64,
-        events: &[Mutation],
+        events: Vec<Mutation>,
         new_end: i64,
     ) -> Attempt {
         let after = self.inner.operation_timeout;
@@ -385,7 +385,8 @@ impl SpannerStore {
                 &[self.ns(), &domain],
             ));
         }
-        mutations.extend_from_slice(events);
+        let appended = events.len() as u64;
+        mutations.extend(events);
         transaction.buffer_write(mutations);
         let options = CommitOptions {
             // Never re-sent: a second copy could be answered for a first that was applied.
@@ -398,7 +399,7 @@ impl SpannerStore {
         let commit =
             tokio::time::timeout(after, transaction.end(Ok::<_, Status>(()), Some(options)));
         let status = match commit.await {
-            Ok(Ok(_)) => return Attempt::Done(Ok(expected + (events.len() as u64))),
+            Ok(Ok(_)) => return Attempt::Done(Ok(expected + appended)),
             Ok(Err(status)) => status,
             Err(_) => {
                 return Attempt::Done(Err(EventStoreError::OutcomeUnknown(
@@ -597,8 +598,7 @@ impl EventStore for SpannerStore {
                 EventStoreError::Conflict { expected, actual }
             });
         };
-        let events = event_mutations(self.ns(), aggregate, &append);
-        self.try_append(aggregate, expected, events, new_end).await
+        self.try_append(aggregate, &append, new_end).await
     }
 
     async fn read(
