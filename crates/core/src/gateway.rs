@@ -122,6 +122,10 @@ impl GatewayBuilder {
                 store.max_batch_len,
             ))
             .with_max_event_bytes(tighter(self.config.max_event_bytes, store.max_event_bytes));
+        let limits = match store.max_batch_bytes {
+            Some(bytes) => limits.with_max_batch_bytes(bytes),
+            None => limits,
+        };
         let inner = Inner {
             limits,
             events: self.events,

@@ -20,6 +20,9 @@ pub struct StoreCapabilities {
     pub max_batch_len: Option<usize>,
     /// The largest encoded [`EventPage`] the store accepts, in bytes; `None` for no limit.
     pub max_event_bytes: Option<usize>,
+    /// The most bytes of encoded events one [`EventStore::append`] may carry in all; `None`
+    /// for no limit.
+    pub max_batch_bytes: Option<usize>,
     /// The largest encoded [`Snapshot`](angzarr_proto::v1::Snapshot) the store keeps, in
     /// bytes; `None` for no limit. A larger one is refused with
     /// [`SnapshotStoreError::LimitExceeded`](crate::SnapshotStoreError::LimitExceeded).
@@ -33,6 +36,7 @@ impl StoreCapabilities {
     pub const UNLIMITED: Self = Self {
         max_batch_len: None,
         max_event_bytes: None,
+        max_batch_bytes: None,
         max_snapshot_bytes: None,
         global_order: false,
     };
@@ -46,6 +50,12 @@ impl StoreCapabilities {
     /// Sets [`Self::max_event_bytes`].
     pub const fn with_max_event_bytes(mut self, bytes: usize) -> Self {
         self.max_event_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`Self::max_batch_bytes`].
+    pub const fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = Some(bytes);
         self
     }
 
@@ -84,18 +94,26 @@ impl StoreCapabilities {
                 actual: events.len(),
             });
         }
-        let oversized = self.max_event_bytes.and_then(|max| {
-            let sizes = events.iter().map(prost::Message::encoded_len);
-            sizes
-                .filter(|len| *len > max)
-                .map(|actual| (max, actual))
-                .next()
-        });
-        if let Some((max, actual)) = oversized {
+        if self.max_event_bytes.is_none() && self.max_batch_bytes.is_none() {
+            return Ok(());
+        }
+        // One pass over the encoded sizes, for both byte limits.
+        let mut total = 0usize;
+        for actual in events.iter().map(prost::Message::encoded_len) {
+            if let Some(max) = self.max_event_bytes.filter(|max| actual > *max) {
+                return Err(EventStoreError::LimitExceeded {
+                    limit: Limit::EventBytes,
+                    max,
+                    actual,
+                });
+            }
+            total = total.saturating_add(actual);
+        }
+        if let Some(max) = self.max_batch_bytes.filter(|max| total > *max) {
             return Err(EventStoreError::LimitExceeded {
-                limit: Limit::EventBytes,
+                limit: Limit::BatchBytes,
                 max,
-                actual,
+                actual: total,
             });
         }
         Ok(())
@@ -369,4 +387,57 @@ pub fn validate_append(
         }
     }
     capabilities.check_batch(&append.events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(sizes: &[usize]) -> Vec<EventPage> {
+        // Sequences from 1, so that every page encodes to the same size for the same payload.
+        (1u64..)
+            .zip(sizes)
+            .map(|(sequence, size)| EventPage {
+                sequence,
+                payload: Some(angzarr_proto::prost_types::Any {
+                    type_url: String::new(),
+                    value: vec![0; *size],
+                }),
+                ..EventPage::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_checked_against_each_declared_limit() {
+        let batch = events(&[100, 100, 100]);
+        let each = prost::Message::encoded_len(&batch[0]);
+        let exceeded = |capabilities: StoreCapabilities| match capabilities.check_batch(&batch) {
+            Err(EventStoreError::LimitExceeded { limit, max, actual }) => {
+                Some((limit, max, actual))
+            }
+            Ok(()) => None,
+            Err(other) => panic!("{other:?}"),
+        };
+        let limits = StoreCapabilities::UNLIMITED;
+        assert_eq!(exceeded(limits.clone()), None);
+        assert_eq!(exceeded(limits.clone().with_max_batch_len(3)), None);
+        assert_eq!(
+            exceeded(limits.clone().with_max_batch_len(2)),
+            Some((Limit::BatchLen, 2, 3))
+        );
+        assert_eq!(exceeded(limits.clone().with_max_event_bytes(each)), None);
+        assert_eq!(
+            exceeded(limits.clone().with_max_event_bytes(each - 1)),
+            Some((Limit::EventBytes, each - 1, each))
+        );
+        assert_eq!(
+            exceeded(limits.clone().with_max_batch_bytes(3 * each)),
+            None
+        );
+        assert_eq!(
+            exceeded(limits.with_max_batch_bytes(3 * each - 1)),
+            Some((Limit::BatchBytes, 3 * each - 1, 3 * each))
+        );
+    }
 }

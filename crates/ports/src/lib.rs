@@ -32,6 +32,8 @@ pub enum Limit {
     EventBytes,
     /// Bytes of one encoded snapshot.
     SnapshotBytes,
+    /// Bytes of all the encoded events of one append.
+    BatchBytes,
 }
 
 impl std::fmt::Display for Limit {
@@ -40,6 +42,7 @@ impl std::fmt::Display for Limit {
             Self::BatchLen => "batch length",
             Self::EventBytes => "event size in bytes",
             Self::SnapshotBytes => "snapshot size in bytes",
+            Self::BatchBytes => "batch size in bytes",
         })
     }
 }

@@ -86,7 +86,7 @@ impl BigtableConfig {
     /// referenced by the event.
     pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
     /// The most bytes of encoded events one append may carry in all: a larger batch is refused
-    /// with `InvalidArgument` before anything is sent (Bigtable refuses requests over 256 MB,
+    /// with `LimitExceeded` (declared as `max_batch_bytes`) before anything is sent (Bigtable refuses requests over 256 MB,
     /// and one append should not make a row grow by more than a fraction of its ~100 MB
     /// budget).
     pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;

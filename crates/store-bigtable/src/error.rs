@@ -149,8 +149,6 @@ pub(crate) enum Failure {
         /// The stream's next sequence.
         actual: u64,
     },
-    /// The request is malformed.
-    Invalid(String),
     /// Stored data cannot be decoded.
     Corrupt(String),
     /// Anything else, such as a missing permission or column family.
@@ -210,7 +208,6 @@ impl From<Failure> for EventStoreError {
             Failure::Unavailable(error) => Self::Unavailable(error),
             Failure::Unknown(error) => Self::OutcomeUnknown(error),
             Failure::Conflict { expected, actual } => Self::Conflict { expected, actual },
-            Failure::Invalid(message) => Self::InvalidArgument(message),
             Failure::Corrupt(message) => Self::Corrupt(message),
             Failure::Internal(error) => Self::Internal(error),
         }
@@ -222,7 +219,6 @@ impl From<Failure> for SnapshotStoreError {
         match failure {
             // Putting a snapshot twice is harmless: a lost reply is only unavailability.
             Failure::Unavailable(error) | Failure::Unknown(error) => Self::Unavailable(error),
-            Failure::Invalid(message) => Self::InvalidArgument(message),
             Failure::Corrupt(message) => Self::Corrupt(message),
             Failure::Internal(error) => Self::Internal(error),
             Failure::Conflict { expected, actual } => Self::Internal(

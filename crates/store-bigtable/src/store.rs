@@ -98,6 +98,7 @@ impl BigtableStore {
         }
         let capabilities = StoreCapabilities::UNLIMITED
             .with_max_batch_len(config.max_batch_len)
+            .with_max_batch_bytes(BigtableConfig::MAX_BATCH_BYTES)
             .with_max_event_bytes(config.max_event_bytes)
             .with_max_snapshot_bytes(config.max_snapshot_bytes);
         Ok(Self {
@@ -216,14 +217,6 @@ impl BigtableStore {
 
     async fn try_append(&self, aggregate: &AggregateId, append: Append) -> Result<u64, Failure> {
         let expected = append.expected_sequence;
-        let batch_bytes: usize = append.events.iter().map(Message::encoded_len).sum();
-        if batch_bytes > BigtableConfig::MAX_BATCH_BYTES {
-            return Err(Failure::Invalid(format!(
-                "a batch of {batch_bytes} bytes of events exceeds the store's limit of {} per \
-                 append",
-                BigtableConfig::MAX_BATCH_BYTES
-            )));
-        }
         let Some(end) = u64::try_from(append.events.len())
             .ok()
             .and_then(|len| expected.checked_add(len))

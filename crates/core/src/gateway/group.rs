@@ -382,7 +382,8 @@ impl Gateway {
             self.inner.cache.insert(aggregate, history);
             return GroupAttempt::OneByOne;
         }
-        let store_batch = self.inner.events.capabilities().max_batch_len;
+        let store = self.inner.events.capabilities();
+        let mut batch_bytes = 0usize;
         let start = history.next_sequence;
         let mut next = start;
         // What the next command is handed: the latest state, and the events not folded in it.
@@ -438,7 +439,17 @@ impl Gateway {
                 decisions.push(Decision::Answered(Err(error)));
                 continue;
             }
-            if store_batch.is_some_and(|max| batch.len() + pages.len() > max) && !batch.is_empty() {
+            let bytes: usize = match store.max_batch_bytes {
+                Some(_) => pages.iter().map(prost::Message::encoded_len).sum(),
+                None => 0,
+            };
+            let too_long = store
+                .max_batch_len
+                .is_some_and(|max| batch.len() + pages.len() > max);
+            let too_large = store
+                .max_batch_bytes
+                .is_some_and(|max| batch_bytes + bytes > max);
+            if (too_long || too_large) && !batch.is_empty() {
                 // Past what one append may carry: this one and the rest form the next group.
                 break;
             }
@@ -461,6 +472,7 @@ impl Gateway {
                 });
             }
             decisions.push(Decision::Appended(batch.len()..batch.len() + pages.len()));
+            batch_bytes += bytes;
             batch.extend(pages);
         }
         if batch.is_empty() {
