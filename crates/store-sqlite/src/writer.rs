@@ -934,9 +934,8 @@ mod tests {
                     .await;
                 assert_eq!(appended.unwrap().unwrap(), sequence + 1);
             }
-            let log = std::fs::metadata(dir.path().join(format!("{}-wal", SqliteConfig::DEFAULT_FILE_NAME)))
-                .unwrap()
-                .len();
+            let wal = format!("{}-wal", SqliteConfig::DEFAULT_FILE_NAME);
+            let log = std::fs::metadata(dir.path().join(wal)).unwrap().len();
             // Restarted after each checkpoint: never much more than the threshold's frames
             // (a frame is a 4 KiB page and a 24-byte header).
             let bound = 2 * u64::from(CHECKPOINT_FRAMES) * (4096 + 24);
