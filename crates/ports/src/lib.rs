@@ -15,6 +15,7 @@ pub use ext::EventStoreExt;
 pub use ids::{AggregateId, Domain, IdError};
 pub use snapshot_store::{SnapshotStore, SnapshotStoreError};
 
+pub use angzarr_proto::decode_event_page;
 pub use angzarr_proto::v1::{BusinessReply, ContextualCommand, EventPage, Snapshot};
 pub use async_trait::async_trait;
 pub use uuid::Uuid;

@@ -11,5 +11,8 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/angzarr_descriptor.bin"));
 
+mod page;
+
+pub use page::decode_event_page;
 pub use prost;
 pub use prost_types;

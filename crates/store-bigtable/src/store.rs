@@ -529,7 +529,7 @@ fn events(cells: &[Cell]) -> Result<Vec<EventPage>, Failure> {
     let mut pages = Vec::with_capacity(cells.len());
     for cell in cells {
         let sequence = keys::parse_sequence(&cell.qualifier)?;
-        let page = EventPage::decode(cell.value.as_slice())
+        let page = angzarr_ports::decode_event_page(cell.value.as_slice())
             .map_err(|error| Failure::corrupt(format!("event {sequence}: {error}")))?;
         if page.sequence != sequence {
             return Err(Failure::corrupt(format!(

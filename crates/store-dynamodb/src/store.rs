@@ -908,7 +908,7 @@ fn head_of(item: &Item) -> Result<Option<Head>, Failure> {
 
 fn event_of(item: &Item) -> Result<EventPage, Failure> {
     let sequence: u64 = number(item, keys::SEQ)?;
-    let page = EventPage::decode(bytes(item, keys::EVENT)?)
+    let page = angzarr_ports::decode_event_page(bytes(item, keys::EVENT)?)
         .map_err(|error| Failure::corrupt(format!("the event at {sequence}: {error}")))?;
     if page.sequence != sequence {
         return Err(Failure::corrupt(format!(

@@ -519,18 +519,22 @@ pub(crate) async fn delete_snapshot(conn: &Conn, aggregate: &AggregateId) -> Res
 /// The encoded page in column `column` of `row`, decoded from the row's buffer.
 fn page(row: &Row, column: usize, aggregate: &AggregateId) -> Result<EventPage, Failure> {
     let bytes: &[u8] = row.try_get(column).map_err(Failure::corrupt)?;
-    decode(bytes, aggregate)
+    angzarr_ports::decode_event_page(bytes)
+        .map_err(|error| undecodable::<EventPage>(aggregate, &error))
 }
 
 /// Decodes a stored message of `aggregate`.
 fn decode<M: Message + Default>(bytes: &[u8], aggregate: &impl fmt::Display) -> Result<M, Failure> {
-    M::decode(bytes).map_err(|error| {
-        Failure::corrupt(format_args!(
-            "undecodable {} of {aggregate}: {error}",
-            std::any::type_name::<M>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("message")
-        ))
-    })
+    M::decode(bytes).map_err(|error| undecodable::<M>(aggregate, &error))
+}
+
+/// The error of a stored message of `aggregate` that does not decode.
+fn undecodable<M>(aggregate: &impl fmt::Display, error: &prost::DecodeError) -> Failure {
+    Failure::corrupt(format_args!(
+        "undecodable {} of {aggregate}: {error}",
+        std::any::type_name::<M>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message")
+    ))
 }

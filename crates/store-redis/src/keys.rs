@@ -179,7 +179,7 @@ pub(crate) fn parse_event_member(member: &[u8]) -> Result<EventPage, Failure> {
             member.len()
         )));
     };
-    let page = EventPage::decode(encoded).map_err(Failure::corrupt)?;
+    let page = angzarr_ports::decode_event_page(encoded).map_err(Failure::corrupt)?;
     if page.sequence != sequence {
         return Err(Failure::corrupt(format_args!(
             "the event stored at sequence {sequence} says it is {}",

@@ -566,7 +566,8 @@ fn event_mutations(namespace: &String, aggregate: &AggregateId, append: &Append)
 }
 
 fn decode_page(bytes: &[u8]) -> Result<EventPage, Failure> {
-    EventPage::decode(bytes).map_err(|error| Failure::Corrupt(format!("a stored event: {error}")))
+    angzarr_ports::decode_event_page(bytes)
+        .map_err(|error| Failure::Corrupt(format!("a stored event: {error}")))
 }
 
 #[async_trait]

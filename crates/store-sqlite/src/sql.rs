@@ -207,9 +207,9 @@ pub(crate) fn find_by_request(
             ))
         })?),
     };
-    let mut pages = vec![decode(page_blob(first)?, aggregate)?];
+    let mut pages = vec![decode_page(page_blob(first)?, aggregate)?];
     while let Some(row) = rows.next()? {
-        pages.push(decode(page_blob(row)?, aggregate)?);
+        pages.push(decode_page(page_blob(row)?, aggregate)?);
     }
     Ok(Some(RequestRecord { digest, pages }))
 }
@@ -233,11 +233,11 @@ pub(crate) fn find_by_correlation(
             group.aggregate.root() == root && group.aggregate.domain().as_str() == domain
         };
         if let Some(group) = groups.last_mut().filter(same_aggregate) {
-            group.pages.push(decode(page, &group.aggregate)?);
+            group.pages.push(decode_page(page, &group.aggregate)?);
         } else {
             let aggregate =
                 AggregateId::new(keys::parse_domain(domain)?, root).map_err(Failure::corrupt)?;
-            let pages = vec![decode(page, &aggregate)?];
+            let pages = vec![decode_page(page, &aggregate)?];
             groups.push(AggregateEvents { aggregate, pages });
         }
     }
@@ -340,7 +340,7 @@ fn pages(
         let Some(row) = rows.next()? else {
             return Ok(pages);
         };
-        pages.push(decode(page_blob(row)?, aggregate)?);
+        pages.push(decode_page(page_blob(row)?, aggregate)?);
     }
     // A long read: stepping through SQLite's rows and decoding them cost about the same, so a
     // second thread decodes what this one reads. Copying the blobs into chunks for it costs
@@ -350,7 +350,7 @@ fn pages(
         let decoder = scope.spawn(move || {
             for chunk in to_decode {
                 for blob in chunk.blobs() {
-                    pages.push(decode(blob, aggregate)?);
+                    pages.push(decode_page(blob, aggregate)?);
                 }
             }
             Ok::<_, Failure>(pages)
@@ -407,15 +407,25 @@ impl Chunk {
 
 /// Decodes a stored message of `aggregate`.
 fn decode<M: Message + Default>(bytes: &[u8], aggregate: &impl fmt::Display) -> Result<M, Failure> {
-    M::decode(bytes).map_err(|error| {
-        Failure::corrupt(format_args!(
-            "undecodable {} of {aggregate}: {error}",
-            std::any::type_name::<M>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("message")
-        ))
-    })
+    M::decode(bytes).map_err(|error| undecodable::<M>(aggregate, &error))
+}
+
+/// Decodes a stored event of `aggregate`: [`decode`], with a copy less of its payload (see
+/// `angzarr_ports::decode_event_page`).
+fn decode_page(bytes: &[u8], aggregate: &impl fmt::Display) -> Result<EventPage, Failure> {
+    angzarr_ports::decode_event_page(bytes)
+        .map_err(|error| undecodable::<EventPage>(aggregate, &error))
+}
+
+/// The error of a stored message of `aggregate` that does not decode.
+fn undecodable<M>(aggregate: &impl fmt::Display, error: &prost::DecodeError) -> Failure {
+    Failure::corrupt(format_args!(
+        "undecodable {} of {aggregate}: {error}",
+        std::any::type_name::<M>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message")
+    ))
 }
 
 #[cfg(test)]
