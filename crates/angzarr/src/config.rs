@@ -141,8 +141,9 @@ pub(crate) struct DomainConfig {
     pub(crate) name: String,
     /// `"bank"` (built in), `"python:<module>"`, `"go:<library.so>"` or `"grpc:<target>"`.
     pub(crate) logic: String,
-    /// Built-in and Go logic: snapshot every this many events (0: never). Python and gRPC logic
-    /// snapshot as their own code says.
+    /// Snapshot every this many events (0: never). Built-in and Go logic are built with it;
+    /// for Python and gRPC logic, which must return their `state`, the host stores that state
+    /// at this interval (and also stores the snapshots their own code returns).
     #[serde(default)]
     pub(crate) snapshot_every: u64,
     /// Bridged logic: how long one command may take before it fails with a timeout.

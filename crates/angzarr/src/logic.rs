@@ -1,6 +1,7 @@
 //! The client logic a `[[domains]]` entry names: built into the binary, a Python module, a Go
 //! library, or a gRPC server.
 
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,8 +43,9 @@ impl LogicSpec {
     }
 }
 
-/// Builds the client logic of `domain`. `snapshot_every` reaches built-in and Go logic; Python
-/// and gRPC logic snapshot as their own code says.
+/// Builds the client logic of `domain`. Built-in and Go logic are built with its
+/// `snapshot_every`; Python and gRPC logic, built by their own code, are wrapped so that the
+/// host stores the state they return as a snapshot at that interval.
 pub(crate) fn build(domain: &DomainConfig) -> anyhow::Result<Arc<dyn ClientLogic>> {
     let spec =
         LogicSpec::parse(&domain.logic).with_context(|| format!("domain {:?}", domain.name))?;
@@ -55,16 +57,27 @@ pub(crate) fn build(domain: &DomainConfig) -> anyhow::Result<Arc<dyn ClientLogic
         LogicSpec::Grpc(target) => {
             let mut config = angzarr_bridge_grpc::GrpcConfig::default();
             config.request_timeout = domain.timeout();
-            Arc::new(
-                angzarr_bridge_grpc::GrpcLogic::new(&target, config).with_context(|| {
-                    format!("domain {:?}: logic {:?}", domain.name, domain.logic)
-                })?,
+            snapshotted(
+                domain,
+                Arc::new(
+                    angzarr_bridge_grpc::GrpcLogic::new(&target, config).with_context(|| {
+                        format!("domain {:?}: logic {:?}", domain.name, domain.logic)
+                    })?,
+                ),
             )
         }
-        LogicSpec::Python(module) => python(domain, &module)?,
+        LogicSpec::Python(module) => snapshotted(domain, python(domain, &module)?),
         LogicSpec::Go(path) => go(domain, &path)?,
     };
     Ok(logic)
+}
+
+/// `logic`, snapshotted every `domain.snapshot_every` events by the host (if not 0).
+fn snapshotted(domain: &DomainConfig, logic: Arc<dyn ClientLogic>) -> Arc<dyn ClientLogic> {
+    match NonZeroU64::new(domain.snapshot_every) {
+        Some(events) => Arc::new(angzarr_core::SnapshotEvery::new(logic, events)),
+        None => logic,
+    }
 }
 
 #[cfg(not(feature = "python"))]

@@ -106,6 +106,25 @@ async fn bank_session(server: &Server) {
         types, ["type.googleapis.com/examples.bank.v1.BankEvent"; 3],
         "events packed under the standard type URL by every language"
     );
+    // The domain's `snapshot_every = 2` holds whatever the logic's own code says (the Python
+    // bank module snapshots every 100 events): a snapshot at the second event.
+    let from_snapshot = server
+        .query()
+        .await
+        .get_event_book(AggregateQuery {
+            domain: "account".into(),
+            root: account.to_string(),
+            use_snapshot: true,
+            ..AggregateQuery::default()
+        })
+        .await
+        .expect("the history from its snapshot")
+        .into_inner();
+    assert_eq!(
+        from_snapshot.snapshot.map(|snapshot| snapshot.sequence),
+        Some(1)
+    );
+    assert_eq!(from_snapshot.pages.len(), 1);
 }
 
 #[cfg(feature = "python")]
