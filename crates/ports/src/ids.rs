@@ -24,6 +24,18 @@ pub enum IdError {
     NilRoot,
 }
 
+/// Whether `byte` is one of `[A-Za-z0-9_.-]`, the characters of every name angzarr puts into
+/// a storage key (domains, and the stores' prefixes and namespaces): none of them separates key
+/// parts, opens a hash tag or needs quoting in any store.
+pub fn is_key_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')
+}
+
+/// Whether `name` is of [`is_key_char`]s only, and as long as `lengths` allows.
+pub fn is_key_name(name: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
+    lengths.contains(&name.len()) && name.bytes().all(is_key_char)
+}
+
 /// The name of an aggregate type, such as `account`.
 ///
 /// 1 to [`Domain::MAX_LEN`] characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
@@ -39,15 +51,11 @@ impl Domain {
     /// Validates `name` as a domain.
     pub fn new(name: impl Into<String>) -> Result<Self, IdError> {
         let name = name.into();
-        let valid_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-');
-        let valid = match name.as_bytes() {
-            [first, ..] => {
-                first.is_ascii_alphanumeric()
-                    && name.len() <= Self::MAX_LEN
-                    && name.bytes().all(valid_char)
-            }
-            [] => false,
-        };
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|first| first.is_ascii_alphanumeric())
+            && is_key_name(&name, 1..=Self::MAX_LEN);
         if valid {
             Ok(Self(name))
         } else {

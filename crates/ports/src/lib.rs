@@ -12,7 +12,7 @@ pub use event_store::{
     SequenceRange, StoreCapabilities, validate_append,
 };
 pub use ext::EventStoreExt;
-pub use ids::{AggregateId, Domain, IdError};
+pub use ids::{AggregateId, Domain, IdError, is_key_char, is_key_name};
 pub use snapshot_store::{SnapshotStore, SnapshotStoreError};
 
 pub use angzarr_proto::decode_event_page;

@@ -48,11 +48,7 @@ const AFTER: u8 = SEPARATOR + 1;
 
 /// Whether `name` is 1 to `max` characters of `[A-Za-z0-9_.-]`.
 pub(crate) fn valid_name(name: &str, max: usize) -> bool {
-    !name.is_empty()
-        && name.len() <= max
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    angzarr_ports::is_key_name(name, 1..=max)
 }
 
 /// The SHA-256 of an id.

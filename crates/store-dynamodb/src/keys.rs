@@ -102,18 +102,12 @@ pub(crate) fn batch_fits(max_batch_len: usize, max_event_bytes: usize) -> Result
 
 /// DynamoDB's table name rule: 3 to 255 characters of `[A-Za-z0-9_.-]`.
 pub(crate) fn valid_table_name(name: &str) -> bool {
-    (3..=255).contains(&name.len())
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    angzarr_ports::is_key_name(name, 3..=255)
 }
 
 /// 1 to 64 characters of `[A-Za-z0-9_.-]`: no `#`, the separator.
 pub(crate) fn valid_namespace(namespace: &str) -> bool {
-    (1..=crate::DynamoDbConfig::MAX_NAMESPACE_LEN).contains(&namespace.len())
-        && namespace
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    angzarr_ports::is_key_name(namespace, 1..=crate::DynamoDbConfig::MAX_NAMESPACE_LEN)
 }
 
 /// The lowercase hex SHA-256 of `id`: how request and correlation ids enter keys.

@@ -24,13 +24,7 @@ pub(crate) const SEQUENCE_LIMIT: u64 = 1 << 53;
 /// Whether `prefix` can start every key: 1 to 64 characters that cannot open or close a hash
 /// tag or separate key parts.
 pub(crate) fn valid_prefix(prefix: &str) -> bool {
-    (1..=crate::RedisConfig::MAX_KEY_PREFIX_LEN).contains(&prefix.len())
-        && prefix.bytes().all(plain)
-}
-
-/// A byte that stands for itself in keys; every other byte of a correlation id is escaped.
-fn plain(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')
+    angzarr_ports::is_key_name(prefix, 1..=crate::RedisConfig::MAX_KEY_PREFIX_LEN)
 }
 
 /// The keys of one store (one prefix).
@@ -99,7 +93,8 @@ impl Keys {
 pub(crate) fn escape(id: &str) -> String {
     let mut escaped = String::with_capacity(id.len());
     for byte in id.bytes() {
-        if plain(byte) {
+        // A byte that stands for itself in keys; every other byte is escaped.
+        if angzarr_ports::is_key_char(byte) {
             escaped.push(char::from(byte));
         } else {
             escaped.push_str(&format!("%{byte:02X}"));
@@ -302,7 +297,11 @@ mod tests {
         let escaped: std::collections::BTreeSet<String> = ids.iter().map(|id| escape(id)).collect();
         assert_eq!(escaped.len(), ids.len());
         for text in &escaped {
-            assert!(text.bytes().all(|b| plain(b) || b == b'%'), "{text}");
+            assert!(
+                text.bytes()
+                    .all(|b| angzarr_ports::is_key_char(b) || b == b'%'),
+                "{text}"
+            );
         }
         assert_eq!(escape("a:{b}%"), "a%3A%7Bb%7D%25");
     }

@@ -9,10 +9,7 @@ pub(crate) const MAX_NAMESPACE_LEN: usize = 64;
 /// A namespace is 1 to 64 characters of `[A-Za-z0-9_.-]`: it is a bound parameter, never
 /// spliced into SQL, but it is shown in logs and typed by operators.
 pub(crate) fn valid_namespace(namespace: &str) -> bool {
-    (1..=MAX_NAMESPACE_LEN).contains(&namespace.len())
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    angzarr_ports::is_key_name(namespace, 1..=MAX_NAMESPACE_LEN)
 }
 
 /// A root as stored: its 16 bytes, which `BYTES` compares in the order of [`Uuid`].
