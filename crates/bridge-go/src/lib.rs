@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use angzarr_ports::{ClientLogic, ClientLogicError, async_trait};
 use angzarr_proto::v1::{BusinessReply, ContextualCommand};
 use prost::Message;
+use tokio::sync::Semaphore;
 use tokio::sync::oneshot::error::TryRecvError;
 
 pub use ffi::ABI_VERSION;
@@ -221,9 +222,10 @@ pub struct GoLogic {
     max_stuck: usize,
     stuck: Arc<AtomicUsize>,
     max_in_flight: usize,
-    /// Calls handed to a thread and not returned from Go yet, past deadlines or not: each
-    /// holds a thread (and a Go thread), which Go caps for the whole process.
-    in_flight: Arc<AtomicUsize>,
+    /// One permit per call that may be in Go at once. A call holds its permit until it returns
+    /// from Go, past its deadline or not: each holds a thread (and a Go thread), which Go caps
+    /// for the whole process.
+    in_flight: Arc<Semaphore>,
 }
 
 impl GoLogic {
@@ -242,7 +244,7 @@ impl GoLogic {
             max_stuck: DEFAULT_MAX_STUCK_CALLS,
             stuck: Arc::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            in_flight: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
         }
     }
 
@@ -272,7 +274,8 @@ impl GoLogic {
     /// has passed its deadline must not start a thread per command (Go aborts the process
     /// past 10,000 threads).
     pub fn max_in_flight(mut self, calls: usize) -> Self {
-        self.max_in_flight = calls;
+        self.max_in_flight = calls.min(Semaphore::MAX_PERMITS);
+        self.in_flight = Arc::new(Semaphore::new(self.max_in_flight));
         self
     }
 
@@ -324,14 +327,14 @@ impl ClientLogic for GoLogic {
                 self.library.path.display()
             )));
         }
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Moved into the job, and released when it returns from Go (or is never run).
+        let Ok(in_flight) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             return Err(ClientLogicError::Unavailable(format!(
                 "{} calls into {} are in progress already",
                 self.max_in_flight,
                 self.library.path.display()
             )));
-        }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let call = Arc::new(AtomicU8::new(RUNNING));
         let job = {
@@ -339,7 +342,6 @@ impl ClientLogic for GoLogic {
             let snapshot_every = self.snapshot_every;
             let call = Arc::clone(&call);
             let stuck = Arc::clone(&self.stuck);
-            let in_flight = Arc::clone(&self.in_flight);
             move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     library.decide(snapshot_every, &command)
@@ -352,14 +354,13 @@ impl ClientLogic for GoLogic {
                 if call.swap(DONE, Ordering::AcqRel) == ABANDONED {
                     stuck.fetch_sub(1, Ordering::AcqRel);
                 }
-                in_flight.fetch_sub(1, Ordering::AcqRel);
+                drop(in_flight);
                 Box::new(move || {
                     let _ = reply.send(result);
                 }) as pool::Deliver
             }
         };
         if let Err(error) = self.library.pool.execute(Box::new(job)) {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ClientLogicError::Unavailable(format!(
                 "cannot start a thread for a Go call: {error}"
             )));
