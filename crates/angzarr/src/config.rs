@@ -153,6 +153,12 @@ pub(crate) struct DomainConfig {
     /// directory, a virtualenv's site-packages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) python_path: Vec<PathBuf>,
+    /// Bridged logic: an encoded `FileDescriptorSet` of the domain's commands, events and state
+    /// (`protoc --include_imports --descriptor_set_out=FILE`, `buf build -o FILE`), served by
+    /// reflection so that clients can build its commands without `.proto` files, as they can
+    /// for built-in logic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) descriptor_set: Option<PathBuf>,
 }
 
 fn default_logic_timeout_ms() -> u64 {
@@ -236,6 +242,7 @@ impl Default for Config {
                 snapshot_every: 100,
                 timeout_ms: default_logic_timeout_ms(),
                 python_path: Vec::new(),
+                descriptor_set: None,
             }],
         }
     }

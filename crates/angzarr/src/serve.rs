@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::wiring::{self, OpenedStore};
 
 pub(crate) async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
+    // Read first: a wrong file stops start-up before anything is opened.
+    let descriptor_sets = wiring::descriptor_sets(&config)?;
     let store = OpenedStore::open(&config.store).await?;
     let gateway = wiring::gateway(&config, &store)?;
     let listen = config.server.listen;
@@ -30,7 +32,7 @@ pub(crate) async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         let mut server_config = angzarr_server::ServerConfig::default();
         server_config.max_message_bytes = config.server.max_message_bytes;
         server_config.request_timeout = config.server.request_timeout();
-        server_config.descriptor_sets = wiring::descriptor_sets(&config);
+        server_config.descriptor_sets = descriptor_sets;
         async move { angzarr_server::serve(listener, gateway, &server_config, stop.notified()).await }
     });
     drop(gateway);

@@ -4,6 +4,16 @@ use std::sync::Arc;
 
 use angzarr_core::Gateway;
 use angzarr_ports::{Domain, EventStore, SnapshotStore};
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "dynamodb",
+    feature = "bigtable",
+    feature = "spanner"
+))]
+use angzarr_proto::prost::Message;
+use angzarr_proto::prost_types::FileDescriptorSet;
 #[cfg(feature = "bigtable")]
 use angzarr_store_bigtable::{BigtableConfig, BigtableStore};
 #[cfg(feature = "dynamodb")]
@@ -17,14 +27,6 @@ use angzarr_store_redis::{RedisConfig, RedisStore};
 use angzarr_store_spanner::{Endpoint as SpannerEndpoint, SpannerConfig, SpannerStore};
 #[cfg(feature = "sqlite")]
 use angzarr_store_sqlite::{SqliteConfig, SqliteStore, Synchronous};
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "redis",
-    feature = "dynamodb",
-    feature = "bigtable",
-    feature = "spanner"
-))]
 use anyhow::Context;
 use anyhow::bail;
 
@@ -302,19 +304,39 @@ impl OpenedStore {
     }
 }
 
-/// The descriptor sets of the configured domains' messages, each once, for server reflection.
-pub(crate) fn descriptor_sets(config: &Config) -> Vec<Vec<u8>> {
+/// The descriptor sets of the configured domains' messages, each once, for server reflection:
+/// built-in logic's own, and the files `descriptor_set` names.
+pub(crate) fn descriptor_sets(config: &Config) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut sets: Vec<Vec<u8>> = Vec::new();
-    for set in config
-        .domains
-        .iter()
-        .filter_map(|d| crate::logic::descriptor_set(&d.logic))
-    {
-        if !sets.iter().any(|known| known == set) {
-            sets.push(set.to_vec());
+    for domain in &config.domains {
+        let set = match &domain.descriptor_set {
+            Some(path) => {
+                let set = std::fs::read(path).with_context(|| {
+                    format!(
+                        "domain {:?}: cannot read descriptor_set {}",
+                        domain.name,
+                        path.display()
+                    )
+                })?;
+                <FileDescriptorSet as Message>::decode(set.as_slice()).with_context(|| {
+                    format!(
+                        "domain {:?}: descriptor_set {} is not an encoded FileDescriptorSet",
+                        domain.name,
+                        path.display()
+                    )
+                })?;
+                set
+            }
+            None => match crate::logic::descriptor_set(&domain.logic) {
+                Some(set) => set.to_vec(),
+                None => continue,
+            },
+        };
+        if !sets.contains(&set) {
+            sets.push(set);
         }
     }
-    sets
+    Ok(sets)
 }
 
 pub(crate) fn gateway(config: &Config, store: &OpenedStore) -> anyhow::Result<Gateway> {

@@ -417,6 +417,65 @@ async fn health_and_reflection_are_served() {
     }
 }
 
+/// A bridged domain's `descriptor_set` file is served by reflection, so that clients can
+/// build its commands; a file that cannot be read stops start-up, naming the domain.
+#[tokio::test]
+async fn a_bridged_domains_descriptor_set_is_served_by_reflection() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("bank.binpb");
+    std::fs::write(&set, angzarr_example_bank::FILE_DESCRIPTOR_SET).unwrap();
+    // Logic served by a process that is not there: nothing calls it here.
+    let config = |descriptor_set: &std::path::Path| {
+        let path = dir.path().join("angzarr.toml");
+        let text = format!(
+            "[[domains]]\nname = \"account\"\nlogic = \"grpc:unix:{}\"\ndescriptor_set = {:?}\n",
+            dir.path().join("absent.sock").display(),
+            descriptor_set.display().to_string(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+
+    let file = config(&set);
+    let server = Server::start(dir.path(), &[("ANGZARR_CONFIG", file.as_str())]);
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "examples.bank.v1.Deposit".into(),
+        )),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap().message_response;
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response else {
+        panic!("the bank's messages are not served: {response:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    drop(server);
+
+    let file = config(&dir.path().join("missing.binpb"));
+    let output = angzarr()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("ANGZARR_CONFIG", &file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "serve started");
+    assert!(
+        stderr.contains("\"account\"") && stderr.contains("missing.binpb"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn configuration_errors_name_the_file_and_line_and_exit_with_2() {
     let dir = tempfile::tempdir().unwrap();
