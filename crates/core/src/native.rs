@@ -105,7 +105,9 @@ impl<M: Message + Name + Default> Unpacker<M> {
 
     /// The message in `any`, if it holds an `M` (under any type URL prefix).
     pub fn unpack(&self, any: &Any) -> Result<M, UnpackError> {
-        if type_name(&any.type_url) != Some(self.full_name.as_str()) {
+        // The standard URL, as nearly every `Any` has, is one comparison; any other prefix is
+        // looked past.
+        if any.type_url != self.type_url && type_name(&any.type_url) != Some(&self.full_name) {
             return Err(UnpackError::WrongType {
                 expected: self.full_name.clone(),
                 found: any.type_url.clone(),
