@@ -537,14 +537,23 @@ fn event_mutations(namespace: &String, aggregate: &AggregateId, append: &Append)
         ),
         None => (None, None, None),
     };
+    // The events of one command share its correlation id: hashed once per run of equal ids.
+    let mut hashed: Option<(&str, Option<Vec<u8>>)> = None;
     append
         .events
         .iter()
         .map(|page| {
             // `validate_append` and the caller checked every sequence fits an INT64.
             let sequence = keys::sequence(page.sequence).unwrap_or(i64::MAX);
-            let correlation_hash =
-                (!page.correlation_id.is_empty()).then(|| keys::id_hash(&page.correlation_id));
+            let id = page.correlation_id.as_str();
+            let correlation_hash = match &hashed {
+                Some((last, hash)) if *last == id => hash.clone(),
+                _ => {
+                    let hash = (!id.is_empty()).then(|| keys::id_hash(id));
+                    hashed = Some((id, hash.clone()));
+                    hash
+                }
+            };
             insert(
                 "events",
                 &EVENT_COLUMNS,
