@@ -21,6 +21,14 @@ pub enum Synchronous {
 }
 
 impl Synchronous {
+    /// Whether every commit waits for an fsync.
+    pub(crate) fn commit_syncs(self) -> bool {
+        match self {
+            Self::Full => true,
+            Self::Normal => false,
+        }
+    }
+
     /// The value of SQLite's `synchronous` pragma.
     pub(crate) fn pragma_value(self) -> &'static str {
         match self {

@@ -46,7 +46,7 @@ impl SqliteStore {
     pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
         config.validate()?;
         let conn = schema::open_writer(&config)?;
-        let writer = Writer::new(conn, config.max_group_size, config.synchronous)?;
+        let writer = Writer::new(conn, &config)?;
         let readers = Arc::new(ReadPool {
             path: config.path,
             busy_timeout: config.busy_timeout,

@@ -8,25 +8,27 @@
 //!
 //! There is no writer thread: the caller that finds no commit in progress becomes the *leader*
 //! and commits its own write, with whatever else is queued, on its own thread. A commit that
-//! waits for an fsync first tells tokio to move the runtime's other tasks elsewhere; one that
-//! does not (`synchronous = NORMAL`) is a few writes into the page cache and runs in place, and
-//! WAL checkpoints, which do wait for the disk, are run on the blocking pool instead of inside
-//! a commit. Writes that arrive during a commit are queued, and their callers wait for an
-//! answer (*followers*). A single client thus pays no hand-over between threads, and concurrent
-//! clients still share commits. See the README's concurrency section for why.
+//! may wait (for an fsync, another connection's lock, or a large write) first tells tokio to
+//! move the runtime's other tasks elsewhere; one that does not (`synchronous = NORMAL`, a small
+//! group, the lock free) is a few writes into the page cache and runs in place. WAL checkpoints,
+//! which wait for the disk, run on the blocking pool instead of inside a commit. Writes that
+//! arrive during a commit are queued, and their callers wait for an answer (*followers*). A
+//! single client thus pays no hand-over between threads, and concurrent clients still share
+//! commits. See the README's concurrency section for why.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use angzarr_ports::{AggregateId, Append, EventStoreError, RequestKey, SnapshotStoreError};
 use prost::Message;
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::config::Synchronous;
+use crate::config::SqliteConfig;
 use crate::error::{Failure, GroupFailure};
 use crate::keys;
 use crate::sql;
@@ -110,6 +112,10 @@ const MAX_QUEUE: usize = 4096;
 /// (SQLite's own `wal_autocheckpoint` default, which the writer's WAL hook replaces).
 const CHECKPOINT_FRAMES: u32 = 1000;
 
+/// The largest group (its encoded events and snapshots) committed in place on the runtime:
+/// writing more into the page cache is no longer a matter of microseconds.
+const IN_PLACE_MAX_BYTES: usize = 256 * 1024;
+
 /// The write side of the store: the connection that writes, and the writes waiting for it.
 #[derive(Debug)]
 pub(crate) struct Writer {
@@ -131,8 +137,13 @@ struct Shared {
     /// Whether a commit waits for an fsync (`synchronous = FULL`), and so must not run on a
     /// thread of the async runtime.
     commit_waits_for_disk: bool,
+    /// How long a commit waits for another connection's write lock.
+    busy_timeout: Duration,
     /// How many frames the WAL held after the last commit, as SQLite's WAL hook reports it.
     wal_frames: Arc<AtomicU32>,
+    /// A checkpoint ran since the last commit: the next one may restart the WAL, which syncs
+    /// its header even with `synchronous = NORMAL`, so it does not run in place.
+    checkpointed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -155,13 +166,10 @@ enum Conn {
 }
 
 impl Writer {
-    /// Writes with `conn`, committing up to `max_group_size` writes at a time. `synchronous`
-    /// is the setting `conn` was opened with.
-    pub(crate) fn new(
-        mut conn: Connection,
-        max_group_size: usize,
-        synchronous: Synchronous,
-    ) -> rusqlite::Result<Self> {
+    /// Writes with `conn`, opened with `config`, committing up to its `max_group_size` writes
+    /// at a time.
+    pub(crate) fn new(mut conn: Connection, config: &SqliteConfig) -> rusqlite::Result<Self> {
+        let max_group_size = config.max_group_size;
         // A queue as long as a group: while one group commits, the next one fills up, and
         // callers beyond that wait (backpressure) instead of piling up memory.
         let room = Semaphore::new(max_group_size.min(MAX_QUEUE));
@@ -184,8 +192,10 @@ impl Writer {
                 resigned: Condvar::new(),
                 room,
                 max_group_size,
-                commit_waits_for_disk: synchronous == Synchronous::Full,
+                commit_waits_for_disk: config.synchronous.commit_syncs(),
+                busy_timeout: config.busy_timeout,
                 wal_frames,
+                checkpointed: AtomicBool::new(false),
             }),
         })
     }
@@ -284,14 +294,15 @@ impl Leader {
     fn lead(self) {
         match Handle::try_current() {
             Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                let rest = if self.shared.commit_waits_for_disk {
+                let restarts_log = self.shared.checkpointed.swap(false, Ordering::Relaxed);
+                let rest = if self.shared.commit_waits_for_disk || restarts_log {
                     // On this thread: the runtime hands its other tasks to another thread
                     // meanwhile.
-                    tokio::task::block_in_place(|| self.commit_own_group())
+                    tokio::task::block_in_place(|| self.commit_own_group(false))
                 } else {
                     // A commit without fsync costs less than handing this worker's tasks to
                     // another thread (through the front door, ~55 µs at p50 on two cores).
-                    self.commit_own_group()
+                    self.commit_own_group(true)
                 };
                 // The rest is done by a blocking thread, so that this caller is not held up by a
                 // checkpoint or by other callers' writes.
@@ -316,11 +327,18 @@ impl Leader {
         }
     }
 
-    /// Commits the group holding the leader's own job. Returns the leader if more is to be
-    /// done: a checkpoint (which waits for the disk), or the next group.
-    fn commit_own_group(mut self) -> Option<(Self, Option<Vec<Job>>)> {
+    /// Commits the group holding the leader's own job (`in_place`: only if that cannot wait,
+    /// see [`Leader::commit_in_place`]). Returns the leader if more is to be done, where it may
+    /// block: the group itself, if it was not committed in place; a checkpoint; the next group.
+    fn commit_own_group(mut self, in_place: bool) -> Option<(Self, Option<Vec<Job>>)> {
         if let Some(group) = self.take_group() {
-            self.commit(group);
+            if in_place {
+                if let Some(group) = self.commit_in_place(group) {
+                    return Some((self, Some(group)));
+                }
+            } else {
+                self.commit(group);
+            }
         }
         if self.checkpoint_due() {
             return Some((self, None));
@@ -362,6 +380,7 @@ impl Leader {
         };
         // Not due again before the next commit reports the WAL's size.
         self.shared.wal_frames.store(0, Ordering::Relaxed);
+        self.shared.checkpointed.store(true, Ordering::Relaxed);
         if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             // Nothing is lost: the WAL keeps the commits, and the next commit tries again.
             tracing::warn!(%error, "a SQLite WAL checkpoint failed");
@@ -403,6 +422,30 @@ impl Leader {
         }
     }
 
+    /// Commits `group` as [`Leader::commit`] does, unless that could hold the thread up: a
+    /// group larger than [`IN_PLACE_MAX_BYTES`], or the write lock held by another connection
+    /// (another store or process on the file), which this attempt does not wait for. Gives the
+    /// group back untouched if so.
+    fn commit_in_place(&mut self, mut group: Vec<Job>) -> Option<Vec<Job>> {
+        if group.iter().map(Job::encoded_len).sum::<usize>() > IN_PLACE_MAX_BYTES {
+            return Some(group);
+        }
+        let conn = self.conn.as_mut()?;
+        let wait = self.shared.busy_timeout;
+        let committed = catch_unwind(AssertUnwindSafe(|| {
+            commit_group_unless_locked(conn, &mut group, wait)
+        }));
+        match committed {
+            Ok(true) => None,
+            Ok(false) => Some(group),
+            Err(_) => {
+                tracing::error!("a SQLite group commit panicked: the store stops writing");
+                self.stop();
+                None
+            }
+        }
+    }
+
     /// Stops writing for good: drops the connection (SQLite rolls back whatever transaction
     /// was open) and fails every queued write.
     fn stop(&mut self) {
@@ -431,14 +474,51 @@ impl Drop for Leader {
 /// Runs every job of `group` in one transaction, commits, then answers each job. Leaves
 /// `group` empty.
 fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(error) => {
-            let failure = GroupFailure::new(error);
-            group.drain(..).for_each(|job| job.fail(&failure));
-            return;
+    match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => commit_group_in(tx, group),
+        Err(error) => fail_group(group, error),
+    }
+}
+
+/// [`commit_group`], unless another connection holds the write lock: then `false`, and
+/// `group` untouched. Begins without waiting for the lock, then waits up to `wait` again.
+fn commit_group_unless_locked(conn: &mut Connection, group: &mut Vec<Job>, wait: Duration) -> bool {
+    if let Err(error) = conn.busy_timeout(Duration::ZERO) {
+        fail_group(group, error);
+        return true;
+    }
+    let error = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => {
+            restore_busy_timeout(&tx, wait);
+            commit_group_in(tx, group);
+            return true;
         }
+        Err(error) => error,
     };
+    restore_busy_timeout(conn, wait);
+    if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) {
+        return false;
+    }
+    fail_group(group, error);
+    true
+}
+
+fn restore_busy_timeout(conn: &Connection, wait: Duration) {
+    if let Err(error) = conn.busy_timeout(wait) {
+        // Setting a handler does not fail in practice; if it did, writes would fail at once
+        // (as Unavailable) instead of waiting for another process's lock.
+        tracing::error!(%error, "cannot restore the SQLite busy timeout");
+    }
+}
+
+/// Fails every job of `group` with `error`, which stopped the group before it began.
+fn fail_group(group: &mut Vec<Job>, error: rusqlite::Error) {
+    let failure = GroupFailure::new(error);
+    group.drain(..).for_each(|job| job.fail(&failure));
+}
+
+/// The rest of [`commit_group`], inside the transaction `tx` just begun.
+fn commit_group_in(mut tx: Transaction<'_>, group: &mut Vec<Job>) {
     let alone = group.len() == 1;
     let mut done = Vec::with_capacity(group.len());
     let mut jobs = group.drain(..);
@@ -481,6 +561,17 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
 }
 
 impl Job {
+    /// The bytes the job writes, about: its encoded events or snapshot.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Job::Append { batch, .. } => batch.events.iter().map(|event| event.page.len()).sum(),
+            Job::PutSnapshot { state, .. } => state.len(),
+            Job::DeleteSnapshot { .. } => 0,
+            #[cfg(test)]
+            Job::Panic => 0,
+        }
+    }
+
     /// Does the job inside `tx`, keeping its answer until the group commits.
     fn execute(self, tx: &mut Transaction<'_>, alone: bool) -> Done {
         match self {
@@ -645,7 +736,7 @@ mod tests {
     use tokio::sync::oneshot::Receiver;
 
     use super::*;
-    use crate::config::SqliteConfig;
+    use crate::config::{SqliteConfig, Synchronous};
     use crate::schema;
 
     type Answer = Receiver<Result<u64, EventStoreError>>;
@@ -882,7 +973,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_callers_wait_and_the_leader_commits_all_of_it() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = Writer::new(writer_connection(&dir), 2, Synchronous::Full).unwrap();
+        let config = SqliteConfig::in_dir(dir.path()).with_max_group_size(2);
+        let writer = Writer::new(writer_connection(&dir), &config).unwrap();
         // A commit is in progress: its leader holds the connection.
         let conn = match std::mem::replace(&mut writer.shared.lock().conn, Conn::Leading) {
             Conn::Idle(conn) => conn,
@@ -919,15 +1011,17 @@ mod tests {
     /// place, whether its commits run in place (`NORMAL`) or off the runtime (`FULL`), or the
     /// log would grow by every commit for good.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_log_is_checkpointed_after_commits_in_place_and_off_the_runtime() {
+    async fn the_log_is_checkpointed_whether_commits_run_in_place_or_not() {
         for synchronous in [Synchronous::Normal, Synchronous::Full] {
             let dir = tempfile::tempdir().unwrap();
-            let config = SqliteConfig::in_dir(dir.path()).with_synchronous(synchronous);
+            let config = SqliteConfig::in_dir(dir.path())
+                .with_synchronous(synchronous)
+                .with_max_group_size(8);
             let conn = schema::open_writer(&config).unwrap();
-            let writer = Writer::new(conn, 8, synchronous).unwrap();
+            let writer = Writer::new(conn, &config).unwrap();
             let a = aggregate();
-            // One commit each, of at least one frame: several times the checkpoint threshold.
-            let commits = 3 * u64::from(CHECKPOINT_FRAMES);
+            // One commit each, of at least one frame: twice the checkpoint threshold.
+            let commits = 2 * u64::from(CHECKPOINT_FRAMES);
             for sequence in 0..commits {
                 let appended = writer
                     .submit(|reply| append_job(&a, sequence, 1, "c", reply))
@@ -938,7 +1032,7 @@ mod tests {
             let log = std::fs::metadata(dir.path().join(wal)).unwrap().len();
             // Restarted after each checkpoint: never much more than the threshold's frames
             // (a frame is a 4 KiB page and a 24-byte header).
-            let bound = 2 * u64::from(CHECKPOINT_FRAMES) * (4096 + 24);
+            let bound = 3 * u64::from(CHECKPOINT_FRAMES) / 2 * (4096 + 24);
             assert!(
                 log < bound,
                 "{synchronous:?}: a {log}-byte log after {commits} commits"
@@ -949,10 +1043,40 @@ mod tests {
         }
     }
 
+    /// A commit in place does not wait for a write lock another connection holds (it would
+    /// hold up the runtime's worker, here the only one, for up to the busy timeout): it leaves
+    /// the waiting to the blocking pool, and commits once the lock is released.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_commit_in_place_leaves_waiting_for_a_lock_to_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::in_dir(dir.path())
+            .with_synchronous(Synchronous::Normal)
+            .with_busy_timeout(Duration::from_secs(3));
+        let writer = Arc::new(Writer::new(schema::open_writer(&config).unwrap(), &config).unwrap());
+        let other = Connection::open(&config.path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let a = aggregate();
+        let append = tokio::spawn({
+            let (writer, a) = (Arc::clone(&writer), a.clone());
+            async move {
+                writer
+                    .submit(|reply| append_job(&a, 0, 1, "c", reply))
+                    .await
+            }
+        });
+        // This task runs on the same worker: only if the append did not block it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(append.await.unwrap().unwrap().unwrap(), 1);
+        Arc::into_inner(writer).unwrap().close().await;
+        assert_eq!(stored(&writer_connection(&dir), &a), 1);
+    }
+
     #[test]
     fn a_leader_that_never_ran_stops_writes_instead_of_stranding_them() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = Writer::new(writer_connection(&dir), 8, Synchronous::Full).unwrap();
+        let config = SqliteConfig::in_dir(dir.path()).with_max_group_size(8);
+        let writer = Writer::new(writer_connection(&dir), &config).unwrap();
         let conn = match std::mem::replace(&mut writer.shared.lock().conn, Conn::Leading) {
             Conn::Idle(conn) => conn,
             other => panic!("{other:?}"),
