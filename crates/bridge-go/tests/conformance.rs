@@ -271,6 +271,17 @@ fn stuck_calls_time_out_then_are_bounded_and_other_domains_keep_serving() {
     });
 }
 
+/// A call gives its place back when it returns: one place serves any number of calls in turn.
+#[test]
+fn a_returned_call_gives_its_place_back() {
+    let bank = GoLogic::new(fixture()).max_in_flight(1);
+    runtime().block_on(async {
+        for _ in 0..3 {
+            assert!(bank.handle(to("account")).await.is_ok());
+        }
+    });
+}
+
 #[test]
 fn calls_in_go_are_bounded_before_any_deadline_passes() {
     // A handler that hangs, a long deadline: nothing is stuck yet, but each call holds a

@@ -2,6 +2,7 @@
 //! that gives it the [`ClientLogic`] interface.
 
 use std::marker::PhantomData;
+use std::num::NonZeroU64;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use angzarr_ports::{ClientLogic, ClientLogicError, async_trait};
@@ -10,6 +11,8 @@ use angzarr_proto::v1::{
 };
 use prost::{Message, Name};
 use prost_types::Any;
+
+use crate::snapshot_every::reaches_multiple;
 
 /// An aggregate's state and its decisions, in plain Rust.
 ///
@@ -146,7 +149,7 @@ pub fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
 /// A panic in the aggregate becomes [`ClientLogicError::Failed`]: it never unwinds into the
 /// framework.
 pub struct NativeLogic<A> {
-    snapshot_every: Option<u64>,
+    snapshot_every: Option<NonZeroU64>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -162,7 +165,7 @@ impl<A: Aggregate> NativeLogic<A> {
     /// Returns the state as a snapshot whenever the aggregate's event count crosses a multiple
     /// of `events` (0 disables snapshots).
     pub fn snapshot_every(mut self, events: u64) -> Self {
-        self.snapshot_every = (events > 0).then_some(events);
+        self.snapshot_every = NonZeroU64::new(events);
         self
     }
 
@@ -219,12 +222,13 @@ impl<A: Aggregate> NativeLogic<A> {
                 next_sequence += 1;
             }
         }
-        let crossed = |every: u64| next_sequence / every > first_sequence / every;
         // The state goes back with every reply that changed it, so that the next command is
         // handed it instead of the history; it is persisted only at the snapshot interval.
         let (snapshot_state, state) = match self.snapshot_every {
             _ if pages.is_empty() => (None, None),
-            Some(every) if crossed(every) => (Some(pack(&state)), None),
+            Some(every) if reaches_multiple(first_sequence, next_sequence - 1, every) => {
+                (Some(pack(&state)), None)
+            }
             _ => (None, Some(pack(&state))),
         };
         Ok(BusinessReply {

@@ -45,8 +45,9 @@ impl ClientLogic for SnapshotEvery {
 }
 
 /// Whether the events `first..=last` include the `n`-th event of the stream, for some
-/// multiple `n` of `every` (the event at sequence `s` is the `s + 1`-th).
-fn reaches_multiple(first: u64, last: u64, every: NonZeroU64) -> bool {
+/// multiple `n` of `every` (the event at sequence `s` is the `s + 1`-th): where a snapshot is
+/// due.
+pub(crate) fn reaches_multiple(first: u64, last: u64, every: NonZeroU64) -> bool {
     let every = u128::from(every.get());
     (u128::from(last) + 1) / every > u128::from(first) / every
 }

@@ -167,6 +167,30 @@ mod tests {
         }
     }
 
+    /// Encodings no prost encoder writes but every decoder reads, which random pages rarely
+    /// give: read here, to prost's page.
+    #[test]
+    fn reads_unusual_but_valid_encodings_as_prost_does() {
+        let cases: [&[u8]; 6] = [
+            // A field at its default value, written anyway.
+            &[0x08, 0x00],
+            // Empty nested messages and an empty string.
+            &[0x12, 0x00],
+            &[0x1a, 0x00],
+            &[0x22, 0x00],
+            // An overlong key (field 1, varint, in two bytes).
+            &[0x88, 0x00, 0x01],
+            // A ten-byte varint: the largest sequence.
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+        ];
+        for bytes in cases {
+            let prost = EventPage::decode(bytes).unwrap();
+            assert_eq!(canonical_page(bytes), Some(prost), "{bytes:02x?}");
+        }
+    }
+
     #[test]
     fn leaves_what_it_does_not_read_to_prost() {
         let page = EventPage {
