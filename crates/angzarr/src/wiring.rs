@@ -4,14 +4,6 @@ use std::sync::Arc;
 
 use angzarr_core::Gateway;
 use angzarr_ports::{Domain, EventStore, SnapshotStore};
-#[cfg(any(
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "redis",
-    feature = "dynamodb",
-    feature = "bigtable",
-    feature = "spanner"
-))]
 use angzarr_proto::prost::Message;
 use angzarr_proto::prost_types::FileDescriptorSet;
 #[cfg(feature = "bigtable")]
