@@ -94,6 +94,19 @@ pub enum LoadError {
     /// A configured `sys.path` directory does not exist.
     #[error("the Python path entry {0} is not a directory")]
     PathNotFound(PathBuf),
+    /// A configured `sys.path` directory belongs to another Python version (a virtualenv's
+    /// `lib/pythonX.Y/site-packages`): its compiled packages cannot load in this interpreter.
+    #[error(
+        "the Python path entry {path} is for Python {found}, but the embedded interpreter is          Python {embedded}: make the virtualenv with Python {embedded}, or build angzarr          against Python {found}"
+    )]
+    VersionMismatch {
+        /// The entry.
+        path: PathBuf,
+        /// The version its path names.
+        found: String,
+        /// The embedded interpreter's version.
+        embedded: String,
+    },
     /// The module, or a module it imports, cannot be found.
     #[error("Python module {module} not found: {message}")]
     ModuleNotFound {
@@ -163,7 +176,22 @@ impl PythonLogic {
             return Err(LoadError::PathNotFound(missing.clone()));
         }
         interpreter::initialize().map_err(LoadError::Init)?;
-        let handler = Python::attach(|py| import(py, &config))?;
+        let handler = Python::attach(|py| {
+            let version = py.version_info();
+            let embedded = format!("{}.{}", version.major, version.minor);
+            if let Some((path, found)) = config.paths.iter().find_map(|path| {
+                python_version_of(path)
+                    .filter(|found| *found != embedded)
+                    .map(|found| (path, found))
+            }) {
+                return Err(LoadError::VersionMismatch {
+                    path: path.clone(),
+                    found,
+                    embedded,
+                });
+            }
+            import(py, &config)
+        })?;
         Ok(Self {
             pool: Pool::new(handler, config.max_in_flight),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -181,6 +209,17 @@ impl PythonLogic {
     pub fn deadline(&self) -> Duration {
         self.deadline
     }
+}
+
+/// The Python version a directory is for, if its path names one the way virtualenvs and
+/// installations lay out their packages (`lib/python3.11/site-packages`).
+fn python_version_of(path: &std::path::Path) -> Option<String> {
+    path.components().find_map(|component| {
+        let name = component.as_os_str().to_str()?;
+        let (major, minor) = name.strip_prefix("python")?.split_once('.')?;
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        (digits(major) && digits(minor)).then(|| format!("{major}.{minor}"))
+    })
 }
 
 /// Imports the module and finds its handler.
@@ -277,5 +316,31 @@ impl Drop for PythonLogic {
     fn drop(&mut self) {
         self.slots.close();
         self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::python_version_of;
+
+    #[test]
+    fn the_python_version_of_a_site_packages_directory() {
+        let of = |path: &str| python_version_of(Path::new(path));
+        assert_eq!(
+            of(".venv/lib/python3.12/site-packages").as_deref(),
+            Some("3.12")
+        );
+        assert_eq!(of("/usr/lib/python3.11").as_deref(), Some("3.11"));
+        // Not a version: names that only start like one.
+        for path in [
+            "examples/bank/python",
+            "/opt/python3.12-tools",
+            "/srv/python3",
+            "python3.x",
+        ] {
+            assert_eq!(of(path), None, "{path}");
+        }
     }
 }

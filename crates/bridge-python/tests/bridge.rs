@@ -399,6 +399,20 @@ fn load_errors_are_typed() {
         PythonLogic::load(PythonConfig::new("bank").path("/no/such/directory")).unwrap_err(),
         LoadError::PathNotFound("/no/such/directory".into())
     );
+    // A virtualenv of another Python: refused before its packages fail to import.
+    let other = tempfile::tempdir().unwrap();
+    let site_packages = other.path().join("lib/python3.99/site-packages");
+    std::fs::create_dir_all(&site_packages).unwrap();
+    let Err(LoadError::VersionMismatch {
+        path,
+        found,
+        embedded,
+    }) = PythonLogic::load(PythonConfig::new("bank").path(&site_packages))
+    else {
+        panic!("a site-packages of Python 3.99 was accepted");
+    };
+    assert_eq!((path, found.as_str()), (site_packages, "3.99"));
+    assert!(embedded.starts_with("3."), "{embedded}");
     assert!(matches!(
         PythonLogic::load(PythonConfig::new("")).unwrap_err(),
         LoadError::InvalidConfig(_)
