@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, Put, ReturnValuesOnConditionCheckFailure,
     ScalarAttributeType, TransactWriteItem,
 };
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 use prost::Message;
 
 use crate::config::DynamoDbConfig;
@@ -517,9 +517,18 @@ impl Inner {
         let end = match range.to {
             Some(to) if to <= from => return Ok(Vec::new()),
             Some(to) => {
-                // The head first: events below its next sequence are wholly committed.
-                let next = self.head(aggregate).await?.map_or(0, |head| head.next);
-                to.min(next)
+                // The head and the events at once: those below the head's next sequence are
+                // wholly committed, so those found below it are kept. Found whole, that is
+                // the answer; else (the query ran before an append the head shows was
+                // complete) they are read again, below.
+                let (head, mut pages) =
+                    try_join(self.head(aggregate), self.events_in(aggregate, from, to)).await?;
+                let end = to.min(head.map_or(0, |head| head.next));
+                pages.retain(|page| page.sequence < end);
+                if is_whole(&pages, from, end) {
+                    return Ok(pages);
+                }
+                end
             }
             None => {
                 // One query, descending: the head (above every sequence) is read first, then
@@ -550,6 +559,26 @@ impl Inner {
         self.events_between(aggregate, from, end).await
     }
 
+    /// The events found in `from..end` (not empty), ascending: those of committed appends,
+    /// and perhaps some of one being applied.
+    async fn events_in(
+        &self,
+        aggregate: &AggregateId,
+        from: u64,
+        end: u64,
+    ) -> Result<Vec<EventPage>, Failure> {
+        let request = self
+            .events_query(aggregate)
+            .key_condition_expression("#pk = :pk AND #seq BETWEEN :from AND :last")
+            .expression_attribute_values(":from", n(from))
+            .expression_attribute_values(":last", n(end - 1));
+        self.query_all(request)
+            .await?
+            .iter()
+            .map(event_of)
+            .collect()
+    }
+
     /// The events `from..end` of a committed part of the stream: all must be there. One not
     /// visible yet belongs to a transaction still being applied: read again, briefly.
     async fn events_between(
@@ -562,17 +591,7 @@ impl Inner {
             return Ok(Vec::new());
         }
         for retry in 0..=INCOMPLETE_READ_RETRIES {
-            let request = self
-                .events_query(aggregate)
-                .key_condition_expression("#pk = :pk AND #seq BETWEEN :from AND :last")
-                .expression_attribute_values(":from", n(from))
-                .expression_attribute_values(":last", n(end - 1));
-            let pages = self
-                .query_all(request)
-                .await?
-                .iter()
-                .map(event_of)
-                .collect::<Result<Vec<_>, _>>()?;
+            let pages = self.events_in(aggregate, from, end).await?;
             if is_whole(&pages, from, end) {
                 return Ok(pages);
             }
