@@ -8,7 +8,8 @@
 //!
 //! There is no writer thread: the caller that finds no commit in progress becomes the *leader*
 //! and commits its own write, with whatever else is queued, on its own thread. A commit that
-//! may wait (for an fsync, another connection's lock, or a large write) first tells tokio to
+//! may wait (for an fsync, another connection's lock, a large write, or the WAL's restart after
+//! a checkpoint, whose header is synced) first tells tokio to
 //! move the runtime's other tasks elsewhere; one that does not (`synchronous = NORMAL`, a small
 //! group, the lock free) is a few writes into the page cache and runs in place. WAL checkpoints,
 //! which wait for the disk, run on the blocking pool instead of inside a commit. Writes that
@@ -195,7 +196,8 @@ impl Writer {
                 commit_waits_for_disk: config.synchronous.commit_syncs(),
                 busy_timeout: config.busy_timeout,
                 wal_frames,
-                checkpointed: AtomicBool::new(false),
+                // The first commit may (re)start the WAL, which syncs its header.
+                checkpointed: AtomicBool::new(true),
             }),
         })
     }
@@ -413,6 +415,8 @@ impl Leader {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        // Off the runtime: a restart of the WAL this commit may do is done.
+        self.shared.checkpointed.store(false, Ordering::Relaxed);
         // Unwinding drops the group's jobs, and with them their reply channels: their
         // callers see that writing has stopped.
         let committed = catch_unwind(AssertUnwindSafe(|| commit_group(conn, &mut group)));
@@ -483,9 +487,9 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
 /// [`commit_group`], unless another connection holds the write lock: then `false`, and
 /// `group` untouched. Begins without waiting for the lock, then waits up to `wait` again.
 fn commit_group_unless_locked(conn: &mut Connection, group: &mut Vec<Job>, wait: Duration) -> bool {
-    if let Err(error) = conn.busy_timeout(Duration::ZERO) {
-        fail_group(group, error);
-        return true;
+    if conn.busy_timeout(Duration::ZERO).is_err() {
+        // Left to the blocking pool, which waits as configured.
+        return false;
     }
     let error = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => {
@@ -1053,6 +1057,10 @@ mod tests {
             .with_synchronous(Synchronous::Normal)
             .with_busy_timeout(Duration::from_secs(3));
         let writer = Arc::new(Writer::new(schema::open_writer(&config).unwrap(), &config).unwrap());
+        // The first commit starts the WAL, off the runtime; the next ones run in place.
+        let first = aggregate();
+        let started = writer.submit(|reply| append_job(&first, 0, 1, "c", reply));
+        assert_eq!(started.await.unwrap().unwrap(), 1);
         let other = Connection::open(&config.path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let a = aggregate();
@@ -1064,10 +1072,14 @@ mod tests {
                     .await
             }
         });
-        // This task runs on the same worker: only if the append did not block it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        other.execute_batch("COMMIT").unwrap();
+        // A task of the one worker, which releases the lock only if the append left the
+        // worker free to run it (and to drive its timer).
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            other.execute_batch("COMMIT").unwrap();
+        });
         assert_eq!(append.await.unwrap().unwrap().unwrap(), 1);
+        release.await.unwrap();
         Arc::into_inner(writer).unwrap().close().await;
         assert_eq!(stored(&writer_connection(&dir), &a), 1);
     }
