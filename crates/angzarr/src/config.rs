@@ -156,7 +156,7 @@ pub(crate) struct DomainConfig {
     /// Bridged logic: an encoded `FileDescriptorSet` of the domain's commands, events and state
     /// (`protoc --include_imports --descriptor_set_out=FILE`, `buf build -o FILE`), served by
     /// reflection so that clients can build its commands without `.proto` files, as they can
-    /// for built-in logic.
+    /// for built-in logic. A relative path is from the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) descriptor_set: Option<PathBuf>,
 }

@@ -297,38 +297,43 @@ impl OpenedStore {
 }
 
 /// The descriptor sets of the configured domains' messages, each once, for server reflection:
-/// built-in logic's own, and the files `descriptor_set` names.
+/// built-in logic's own, and the files `descriptor_set` names, each checked here so that a
+/// wrong one stops start-up naming its domain and file.
 pub(crate) fn descriptor_sets(config: &Config) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut sets: Vec<Vec<u8>> = Vec::new();
     for domain in &config.domains {
-        let set = match &domain.descriptor_set {
-            Some(path) => {
-                let set = std::fs::read(path).with_context(|| {
-                    format!(
-                        "domain {:?}: cannot read descriptor_set {}",
-                        domain.name,
-                        path.display()
-                    )
-                })?;
-                <FileDescriptorSet as Message>::decode(set.as_slice()).with_context(|| {
-                    format!(
-                        "domain {:?}: descriptor_set {} is not an encoded FileDescriptorSet",
-                        domain.name,
-                        path.display()
-                    )
-                })?;
-                set
-            }
-            None => match crate::logic::descriptor_set(&domain.logic) {
-                Some(set) => set.to_vec(),
-                None => continue,
-            },
+        let built_in = crate::logic::descriptor_set(&domain.logic).map(<[u8]>::to_vec);
+        let file = match &domain.descriptor_set {
+            Some(path) => Some(descriptor_set_file(path).with_context(|| {
+                format!(
+                    "domain {:?}: descriptor_set {}",
+                    domain.name,
+                    path.display()
+                )
+            })?),
+            None => None,
         };
-        if !sets.contains(&set) {
-            sets.push(set);
+        for set in built_in.into_iter().chain(file) {
+            if !sets.contains(&set) {
+                sets.push(set);
+            }
         }
     }
     Ok(sets)
+}
+
+/// The encoded `FileDescriptorSet` in the file at `path`, if reflection can serve it.
+fn descriptor_set_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let set = std::fs::read(path).context("cannot read the file")?;
+    let files = <FileDescriptorSet as Message>::decode(set.as_slice())
+        .context("not an encoded FileDescriptorSet")?
+        .file;
+    anyhow::ensure!(!files.is_empty(), "no file descriptor in it");
+    angzarr_server::check_descriptor_set(&set).context(
+        "not servable by reflection (made without --include_imports, so that a file it \
+         imports is missing?)",
+    )?;
+    Ok(set)
 }
 
 pub(crate) fn gateway(config: &Config, store: &OpenedStore) -> anyhow::Result<Gateway> {

@@ -461,19 +461,45 @@ async fn a_bridged_domains_descriptor_set_is_served_by_reflection() {
     assert!(!files.file_descriptor_proto.is_empty());
     drop(server);
 
-    let file = config(&dir.path().join("missing.binpb"));
-    let output = angzarr()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("ANGZARR_CONFIG", &file)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "serve started");
-    assert!(
-        stderr.contains("\"account\"") && stderr.contains("missing.binpb"),
-        "{stderr}"
-    );
+    // Sets reflection could not serve: none, an empty one, one without the file it imports.
+    use angzarr_proto::prost::Message;
+    use angzarr_proto::prost_types::{FileDescriptorProto, FileDescriptorSet};
+    let empty = dir.path().join("empty.binpb");
+    std::fs::write(&empty, b"").unwrap();
+    let unresolved = dir.path().join("unresolved.binpb");
+    let importing = FileDescriptorSet {
+        file: vec![FileDescriptorProto {
+            name: Some("orders.proto".into()),
+            dependency: vec!["money.proto".into()],
+            ..FileDescriptorProto::default()
+        }],
+    };
+    std::fs::write(&unresolved, importing.encode_to_vec()).unwrap();
+    for set in [dir.path().join("missing.binpb"), empty, unresolved] {
+        let file = config(&set);
+        let output = angzarr()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("ANGZARR_CONFIG", &file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "serve started with {}",
+            set.display()
+        );
+        let name = set.file_name().unwrap().to_string_lossy();
+        assert!(
+            stderr.contains("\"account\"") && stderr.contains(name.as_ref()),
+            "{stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("listening"),
+            "{} was refused only after the server started",
+            set.display()
+        );
+    }
 }
 
 #[test]

@@ -189,6 +189,14 @@ pub async fn serve(
     Ok(())
 }
 
+/// Checks that `set`, an encoded `FileDescriptorSet`, can be served by reflection beside
+/// angzarr's own descriptors (as [`ServerConfig::descriptor_sets`]): every file decodes, and
+/// every file it imports is in it or in angzarr's. [`serve`] refuses such a set too, but only
+/// once it starts; this lets a caller say earlier which set is wrong.
+pub fn check_descriptor_set(set: &[u8]) -> Result<(), ServerError> {
+    reflection_service(&[set.to_vec()]).map(|_| ())
+}
+
 /// The reflection service of what [`serve`] serves, with the `extra` descriptor sets.
 fn reflection_service(extra: &[Vec<u8>]) -> Result<reflection::Reflection, ServerError> {
     let served = [
