@@ -97,7 +97,9 @@ pub enum LoadError {
     /// A configured `sys.path` directory belongs to another Python version (a virtualenv's
     /// `lib/pythonX.Y/site-packages`): its compiled packages cannot load in this interpreter.
     #[error(
-        "the Python path entry {path} is for Python {found}, but the embedded interpreter is          Python {embedded}: make the virtualenv with Python {embedded}, or build angzarr          against Python {found}"
+        "the Python path entry {path} is for Python {found}, but the embedded interpreter is \
+         Python {embedded}: make the virtualenv with Python {embedded}, or build angzarr \
+         against Python {found}"
     )]
     VersionMismatch {
         /// The entry.
@@ -214,7 +216,9 @@ impl PythonLogic {
 /// The Python version a directory is for, if its path names one the way virtualenvs and
 /// installations lay out their packages (`lib/python3.11/site-packages`).
 fn python_version_of(path: &std::path::Path) -> Option<String> {
-    path.components().find_map(|component| {
+    // The last such component: the one that holds the packages, whatever directories the path
+    // goes through before it.
+    path.components().rev().find_map(|component| {
         let name = component.as_os_str().to_str()?;
         let (major, minor) = name.strip_prefix("python")?.split_once('.')?;
         let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
@@ -333,6 +337,10 @@ mod tests {
             Some("3.12")
         );
         assert_eq!(of("/usr/lib/python3.11").as_deref(), Some("3.11"));
+        assert_eq!(
+            of("/home/me/python3.12/venvs/app/lib/python3.11/site-packages").as_deref(),
+            Some("3.11")
+        );
         // Not a version: names that only start like one.
         for path in [
             "examples/bank/python",
