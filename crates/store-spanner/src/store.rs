@@ -538,6 +538,7 @@ fn event_mutations(namespace: &String, aggregate: &AggregateId, append: &Append)
         None => (None, None, None),
     };
     // The events of one command share its correlation id: hashed once per run of equal ids.
+    // The mutation copies the hash in, so the one kept is lent, never cloned.
     let mut hashed: Option<(&str, Option<Vec<u8>>)> = None;
     append
         .events
@@ -546,14 +547,10 @@ fn event_mutations(namespace: &String, aggregate: &AggregateId, append: &Append)
             // `validate_append` and the caller checked every sequence fits an INT64.
             let sequence = keys::sequence(page.sequence).unwrap_or(i64::MAX);
             let id = page.correlation_id.as_str();
-            let correlation_hash = match &hashed {
-                Some((last, hash)) if *last == id => hash.clone(),
-                _ => {
-                    let hash = (!id.is_empty()).then(|| keys::id_hash(id));
-                    hashed = Some((id, hash.clone()));
-                    hash
-                }
-            };
+            if hashed.as_ref().is_none_or(|(last, _)| *last != id) {
+                hashed = Some((id, (!id.is_empty()).then(|| keys::id_hash(id))));
+            }
+            let correlation_hash = hashed.as_ref().map_or(&None, |(_, hash)| hash);
             insert(
                 "events",
                 &EVENT_COLUMNS,
@@ -562,7 +559,7 @@ fn event_mutations(namespace: &String, aggregate: &AggregateId, append: &Append)
                     &domain,
                     &root,
                     &sequence,
-                    &correlation_hash,
+                    correlation_hash,
                     &request_hash,
                     &request_id,
                     &request_digest,
