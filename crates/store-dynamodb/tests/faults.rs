@@ -178,7 +178,7 @@ async fn a_table_of_another_schema_is_refused() {
     let namespace = angzarr_conformance::namespace();
     let (events, _) = common::tables(&namespace);
     // Someone else's table under the events table's name: a partition key `id` only.
-    raw_client(&endpoint)
+    common::raw_client(&endpoint)
         .create_table()
         .table_name(&events)
         .key_schema(
@@ -315,19 +315,6 @@ fn aws_configured() -> bool {
         aws.join("config").exists() || aws.join("credentials").exists()
     });
     in_env || in_home
-}
-
-/// A raw client of the emulator, to set up what the store would not.
-fn raw_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 /// A store through a proxy and a direct one over the same tables and namespace, and the

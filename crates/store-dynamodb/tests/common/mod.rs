@@ -44,8 +44,8 @@ pub(crate) fn config(endpoint: &str, namespace: &str) -> DynamoDbConfig {
         .with_operation_timeout(Duration::from_secs(10))
 }
 
-/// Deletes the tables of `namespace`.
-pub(crate) async fn cleanup(endpoint: &str, namespace: &str) {
+/// A raw client of the emulator, to set up or clean up what the store would not.
+pub(crate) fn raw_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -54,7 +54,12 @@ pub(crate) async fn cleanup(endpoint: &str, namespace: &str) {
             "test", "test", None, None, "test",
         ))
         .build();
-    let client = aws_sdk_dynamodb::Client::from_conf(config);
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Deletes the tables of `namespace`.
+pub(crate) async fn cleanup(endpoint: &str, namespace: &str) {
+    let client = raw_client(endpoint);
     let (events, index) = tables(namespace);
     for table in [events, index] {
         let _ = client.delete_table().table_name(table).send().await;
