@@ -62,21 +62,10 @@ async fn run(quick: bool) {
     let bench = Bench::open().await;
     let scale = |n: u64| if quick { (n / 20).max(64) } else { n };
     let runs = if quick { 1 } else { RUNS };
-    let plan = [
-        (
-            "commands/s, one client, 1 event per command",
-            1,
-            scale(SEQUENTIAL_COMMANDS),
-        ),
-        (
-            "commands/s, 64 aggregates at once",
-            CONCURRENT_AGGREGATES,
-            scale(CONCURRENT_COMMANDS),
-        ),
-    ];
     let mut rows = common::append_figures(
         runs,
-        &plan,
+        scale(SEQUENTIAL_COMMANDS),
+        (CONCURRENT_AGGREGATES, scale(CONCURRENT_COMMANDS)),
         [
             &|clients, commands| Box::pin(bench.pipeline(clients, commands)),
             &|clients, commands| Box::pin(common::store_appends(&bench.store, clients, commands)),

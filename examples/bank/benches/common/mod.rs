@@ -222,18 +222,32 @@ pub(crate) fn append_rows(
 /// One way of appending a workload, `(clients, commands)` to its rate in commands per second.
 pub(crate) type Appender<'a> = &'a dyn Fn(u64, u64) -> Pin<Box<dyn Future<Output = f64> + 'a>>;
 
-/// The append figures of a store's benchmark: `plan` lists each figure (its name, clients,
-/// commands); each is measured through the core (`pipeline`), the store alone (`store`) and the
-/// raw client (`raw`, described by `baseline` with its number of clients), taking turns,
-/// `runs` times, and each rate is the median.
+/// The append figures of a store's benchmark: one client sending `sequential` commands, and
+/// `aggregates` clients at once sending `concurrent` commands in all. Each is measured through
+/// the core (`pipeline`), the store alone (`store`) and the raw client (`raw`, described by
+/// `baseline` with its number of clients), taking turns, `runs` times, and each rate is the
+/// median.
 pub(crate) async fn append_figures<'a>(
     runs: usize,
-    plan: &[(&str, u64, u64)],
+    sequential: u64,
+    (aggregates, concurrent): (u64, u64),
     [pipeline, store, raw]: [Appender<'a>; 3],
     baseline: &str,
 ) -> Vec<Ratio> {
+    let plan = [
+        (
+            "commands/s, one client, 1 event per command".to_owned(),
+            1,
+            sequential,
+        ),
+        (
+            format!("commands/s, {aggregates} aggregates at once"),
+            aggregates,
+            concurrent,
+        ),
+    ];
     let mut rows = Vec::new();
-    for &(figure, clients, commands) in plan {
+    for (figure, clients, commands) in plan {
         let rates = rotate(
             runs,
             vec![
@@ -245,7 +259,7 @@ pub(crate) async fn append_figures<'a>(
         .await;
         let rates = rates.try_into().expect("three variants");
         rows.extend(append_rows(
-            figure,
+            &figure,
             rates,
             &format!("{baseline}, {clients} client(s)"),
         ));
