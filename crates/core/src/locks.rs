@@ -35,30 +35,28 @@ impl AggregateLocks {
     }
 
     pub(crate) async fn lock(&self, aggregate: &AggregateId) -> AggregateGuard<'_> {
-        let slot = Arc::clone(self.slots().entry(aggregate.clone()).or_default());
         // Built before waiting, so that a cancelled wait still cleans up in `drop`.
-        let mut guard = AggregateGuard {
-            locks: self,
-            aggregate: aggregate.clone(),
-            slot,
-            held: None,
-        };
+        let mut guard = self.unheld(aggregate);
         guard.held = Some(Arc::clone(&guard.slot).lock_owned().await);
         guard
     }
 
     /// The aggregate's lock if nobody holds or awaits it, without waiting.
     pub(crate) fn try_lock(&self, aggregate: &AggregateId) -> Option<AggregateGuard<'_>> {
-        let slot = Arc::clone(self.slots().entry(aggregate.clone()).or_default());
-        let mut guard = AggregateGuard {
-            locks: self,
-            aggregate: aggregate.clone(),
-            slot,
-            held: None,
-        };
         // Dropping the unheld guard on failure releases the slot as a cancelled wait does.
+        let mut guard = self.unheld(aggregate);
         guard.held = Some(Arc::clone(&guard.slot).try_lock_owned().ok()?);
         Some(guard)
+    }
+
+    /// A guard on the aggregate's slot (made if missing) that does not hold its lock yet.
+    fn unheld(&self, aggregate: &AggregateId) -> AggregateGuard<'_> {
+        AggregateGuard {
+            locks: self,
+            aggregate: aggregate.clone(),
+            slot: Arc::clone(self.slots().entry(aggregate.clone()).or_default()),
+            held: None,
+        }
     }
 }
 
